@@ -1,0 +1,34 @@
+# The two commands of the README: `make demo` and `make test`. Both install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch goes in first: on a machine without CUDA this is the CPU wheel; a bare `torch`
+# requirement resolved by pip later could pull a multi-GB CUDA build instead.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+DEMO_DATA ?= data/stdlib
+
+.PHONY: install demo test test-fast bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	test -f $(DEMO_DATA)/metadata.json || $(BIN)/gpt-preprocess input=stdlib output=$(DEMO_DATA) tokenizer.kind=byte
+	$(BIN)/gpt-pretrain experiment=demo data.path=$(DEMO_DATA)
+	$(BIN)/gpt-generate checkpoint=runs/demo prompt="def " max_new_tokens=300 temperature=0.8 top_k=40
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not distributed and not slurm"
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

@@ -1,0 +1,64 @@
+"""Typed configuration of the commands other than training: preprocess and generate."""
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+
+@dataclass(kw_only=True)
+class TokenizerConfig:
+    kind: str = "byte"
+    """byte (ids 0-255 are bytes, specials after) | bpe (train one on the input) | hf (a tokenizer.json) | tiktoken (an encoding by name)."""
+    vocab_size: int = 8192
+    """Vocabulary size of a BPE trained on the input (tokenizer.kind=bpe)."""
+    path: Optional[str] = None
+    """tokenizer.json to use (tokenizer.kind=hf)."""
+    name: Optional[str] = None
+    """tiktoken encoding name, e.g. gpt2 or cl100k_base (tokenizer.kind=tiktoken)."""
+
+
+@dataclass(kw_only=True)
+class PreprocessConfig:
+    """What gpt-preprocess composes from conf/preprocess.yaml."""
+
+    input: Any = None
+    """A file, directory, glob, `stdlib` (this Python's standard library sources), or a list of those."""
+    output: Optional[str] = None
+    """Directory to write the token shards and metadata.json into."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """How text becomes token ids."""
+    text_key: str = "text"
+    """Field holding the text in jsonl/parquet records."""
+    split: str = "blank_lines"
+    """How .txt files become documents: blank_lines (paragraphs) | file (one document per file)."""
+    shard_tokens: int = 64_000_000
+    """Start a new shard file after this many tokens."""
+    workers: int = 1
+    """Worker processes for reading and tokenising."""
+    on_error: str = "fail"
+    """fail (stop at the first bad record, naming file:line) | skip (skip and report bad records)."""
+    overwrite: bool = False
+    """Replace an existing non-empty output directory."""
+
+
+@dataclass(kw_only=True)
+class GenerateConfig:
+    """What gpt-generate composes from conf/generate.yaml."""
+
+    checkpoint: Optional[str] = None
+    """A run.dir (its latest checkpoint) or one checkpoint directory."""
+    prompt: str = ""
+    """Text to continue."""
+    max_new_tokens: int = 200
+    """Tokens to sample after the prompt."""
+    temperature: float = 1.0
+    """Softmax temperature; 0 is greedy decoding."""
+    top_k: Optional[int] = None
+    """Sample only among the k most likely tokens."""
+    top_p: Optional[float] = None
+    """Sample only among the smallest set of tokens whose probability reaches p (nucleus)."""
+    seed: int = 1234
+    """Sampling seed."""
+    device: str = "auto"
+    """auto | cpu | cuda."""
+    stop: List[str] = field(default_factory=list)
+    """Stop when any of these strings appears in the generated text."""

@@ -1,0 +1,125 @@
+"""Cross-field rules of a training config, checked once before any process group starts.
+
+Every message names the offending key(s), the value(s) and the fix.
+"""
+
+import math
+import os
+from dataclasses import dataclass
+
+from gpt.config.training import TrainingConfig
+from gpt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run's processes are arranged (tensor fastest, then data, then pipeline)."""
+
+    world: int
+    tensor: int
+    pipeline: int
+    data: int
+    grad_accum: int
+
+    def describe(self) -> str:
+        return (f"world={self.world} = tensor {self.tensor} x data {self.data} x pipeline {self.pipeline}; "
+                f"gradient accumulation {self.grad_accum}")
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def ffn_hidden(cfg) -> int:
+    """MLP inner size: explicit, else 4h (gelu) or Llama's 2/3*4h rounded up to 256 (swiglu)."""
+    if cfg.ffn_hidden:
+        return cfg.ffn_hidden
+    if cfg.activation == "swiglu":
+        return 256 * math.ceil(int(2 * 4 * cfg.n_embd / 3) / 256)
+    return 4 * cfg.n_embd
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """Pad the table so every tensor rank holds the same number of rows.
+
+    The pad depends on model.vocab_multiple only, never on the layout, so checkpoints reshard freely.
+    """
+    return multiple * math.ceil(vocab_size / multiple)
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _one_of(key: str, value, options) -> None:
+    _check(value in options, f"{key}={value} is not one of {'|'.join(map(str, options))}")
+
+
+def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Layout:
+    world = world_size_from_env() if world_size is None else world_size
+    m, p, t, o = cfg.model, cfg.parallel, cfg.train, cfg.optim
+
+    _one_of("model.norm", m.norm, ("layernorm", "rmsnorm"))
+    _one_of("model.activation", m.activation, ("gelu", "swiglu"))
+    _one_of("model.position", m.position, ("learned", "rope"))
+    _one_of("train.precision", t.precision, ("fp32", "bf16", "fp16"))
+    _one_of("parallel.zero_stage", p.zero_stage, (0, 1, 2, 3))
+    _one_of("logging.wandb.mode", cfg.logging.wandb.mode, ("online", "offline", "disabled"))
+    _one_of("device", cfg.device, ("auto", "cpu", "cuda"))
+    for key, v in (("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
+                   ("train.seq_len", t.seq_len), ("train.global_batch_size", t.global_batch_size),
+                   ("train.micro_batch_size", t.micro_batch_size), ("train.steps", t.steps),
+                   ("parallel.tensor", p.tensor), ("parallel.pipeline", p.pipeline)):
+        _check(v >= 1, f"{key}={v} must be at least 1")
+    for key, v in (("eval.every", cfg.eval.every), ("eval.iters", cfg.eval.iters),
+                   ("checkpoint.every", cfg.checkpoint.every), ("checkpoint.keep_last", cfg.checkpoint.keep_last),
+                   ("optim.warmup_steps", o.warmup_steps), ("logging.every", cfg.logging.every)):
+        _check(v >= 0, f"{key}={v} must not be negative")
+    _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
+    _check(0.0 <= cfg.data.val_fraction < 1.0, f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
+    _check(o.lr > 0 and 0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1={o.beta1}, optim.beta2={o.beta2} must be in [0, 1)")
+    _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+
+    # Model shape.
+    _check(m.n_embd % m.n_head == 0, f"model.n_head={m.n_head} does not divide model.n_embd={m.n_embd}")
+    kv = m.n_kv_head or m.n_head
+    _check(m.n_head % kv == 0, f"model.n_kv_head={kv} does not divide model.n_head={m.n_head}")
+    if m.position == "rope":
+        _check((m.n_embd // m.n_head) % 2 == 0, f"rope needs an even head size; model.n_embd/model.n_head={m.n_embd // m.n_head}")
+    _check(t.seq_len <= m.max_seq_len,
+           f"train.seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}; lower the first or raise the second")
+
+    # Layout.
+    _check(world % (p.tensor * p.pipeline) == 0,
+           f"world size {world} is not divisible by parallel.tensor*parallel.pipeline={p.tensor}*{p.pipeline}; "
+           f"use a number of processes that is a multiple of {p.tensor * p.pipeline}")
+    dp = world // (p.tensor * p.pipeline)
+    _check(m.n_head % p.tensor == 0, f"parallel.tensor={p.tensor} does not divide model.n_head={m.n_head}")
+    _check(kv % p.tensor == 0, f"parallel.tensor={p.tensor} does not divide the key/value heads model.n_kv_head={kv}")
+    _check(ffn_hidden(m) % p.tensor == 0, f"parallel.tensor={p.tensor} does not divide the MLP size {ffn_hidden(m)} (model.ffn_hidden)")
+    _check(m.vocab_multiple % p.tensor == 0,
+           f"parallel.tensor={p.tensor} does not divide model.vocab_multiple={m.vocab_multiple}")
+    if p.pipeline > 1:
+        _check(m.n_layer >= p.pipeline,
+               f"parallel.pipeline={p.pipeline} exceeds model.n_layer={m.n_layer}: every stage needs a block")
+        _check(p.zero_stage <= 1,
+               f"parallel.zero_stage={p.zero_stage} cannot be combined with parallel.pipeline={p.pipeline} "
+               f"(DeepSpeed shards gradients/parameters across micro-batches that pipelining interleaves); "
+               f"use parallel.zero_stage=1 with pipelines, or parallel.pipeline=1 for ZeRO-{p.zero_stage}")
+    if p.pipeline_layers is not None:
+        _check(len(p.pipeline_layers) == p.pipeline and sum(p.pipeline_layers) == m.n_layer
+               and all(n >= 1 for n in p.pipeline_layers),
+               f"parallel.pipeline_layers={list(p.pipeline_layers)} must list {p.pipeline} positive counts "
+               f"summing to model.n_layer={m.n_layer}")
+
+    # Batch.
+    per_step = t.micro_batch_size * dp
+    _check(t.global_batch_size % per_step == 0,
+           f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size*data_parallel="
+           f"{t.micro_batch_size}*{dp}={per_step}; make it a multiple of {per_step}")
+
+    # Data.
+    _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
+    return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step)

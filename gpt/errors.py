@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+A `GptError` is a mistake the user can fix (bad config, missing file, corrupt shard). Entry points
+print its message as one line and exit non-zero, without a traceback; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class GptError(Exception):
+    """An error whose message names the file/line/key and the fix."""
+
+
+class ConfigError(GptError):
+    """The resolved configuration is impossible; raised before any process group starts."""
+
+
+class DataError(GptError):
+    """Input text, token shards or their metadata are missing, malformed or corrupt."""
+
+
+class CheckpointError(GptError):
+    """A checkpoint is missing, incomplete, corrupt or incompatible with the config."""
