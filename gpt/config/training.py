@@ -107,7 +107,9 @@ class TrainConfig:
     micro_batch_size: int = 8
     """Samples per forward/backward on one rank; accumulation = global / (micro * data parallel)."""
     steps: int = 1000
-    """Optimizer steps to train for."""
+    """Optimizer steps to train for (the learning-rate schedule spans them)."""
+    stop_at: Optional[int] = None
+    """Stop (with a checkpoint) after this step although train.steps is larger, as a preemption would; re-run to continue."""
     seed: int = 1234
     """Seeds weight init, data order and dropout."""
     precision: str = "fp32"

@@ -1,0 +1,59 @@
+"""The DeepSpeed config: batch, ZeRO, precision and clipping derived from ours; the rest passed through.
+
+We keep DeepSpeed's schema opaque: `deepspeed.<key>=...` overrides reach DeepSpeed unchanged, except
+the keys derived here, which must be set through our config so that the two can never disagree.
+"""
+
+import copy
+
+from gpt.config.training import TrainingConfig
+from gpt.config.validate import Layout
+from gpt.errors import ConfigError
+
+DERIVED = {
+    "train_batch_size": "train.global_batch_size",
+    "train_micro_batch_size_per_gpu": "train.micro_batch_size",
+    "gradient_accumulation_steps": "train.global_batch_size / (train.micro_batch_size * data parallel)",
+    "gradient_clipping": "optim.grad_clip",
+    "bf16": "train.precision=bf16",
+    "fp16": "train.precision=fp16",
+    "optimizer": "optim.*",
+    "scheduler": "optim.* (the schedule is ours)",
+}
+
+
+def uses_plain_optimizer(cfg: TrainingConfig) -> bool:
+    """True where DeepSpeed steps our optimizer directly (no ZeRO, no mixed-precision wrapper)."""
+    return cfg.parallel.zero_stage == 0 and cfg.train.precision == "fp32"
+
+
+def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
+    for key in cfg.deepspeed:
+        if key in DERIVED:
+            raise ConfigError(f"deepspeed.{key} is derived from {DERIVED[key]}; set that instead")
+    zero = copy.deepcopy(cfg.deepspeed.get("zero_optimization", {}))
+    if "stage" in zero:
+        raise ConfigError("deepspeed.zero_optimization.stage is derived from parallel.zero_stage; set that instead")
+    zero["stage"] = cfg.parallel.zero_stage
+    ds = {
+        "train_batch_size": cfg.train.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": layout.grad_accum,
+        # Plain fp32 without ZeRO: our optimizer clips (and reports the norm) itself.
+        "gradient_clipping": 0.0 if uses_plain_optimizer(cfg) else cfg.optim.grad_clip,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 2**62,
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+    if cfg.train.precision == "bf16":
+        ds["bf16"] = {"enabled": True}
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    elif cfg.train.precision == "fp16":
+        ds["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+                      "hysteresis": 2, "min_loss_scale": 1}
+    for key, value in cfg.deepspeed.items():
+        if key != "zero_optimization":
+            ds[key] = copy.deepcopy(value)
+    ds["zero_optimization"] = zero
+    return ds

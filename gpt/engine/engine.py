@@ -1,0 +1,159 @@
+"""The DeepSpeed engine behind one interface: a training step, a validation loss, parameters by name.
+
+Two shapes share it: `DenseEngine` (pipeline size 1: the model is one module, ZeRO 0-3, gradient
+accumulation through engine.backward/step) and `PipeEngine` (DeepSpeed's PipelineEngine, 1F1B over
+stages). The trainer never needs to know which one it holds.
+"""
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from functools import partial
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from gpt.config.training import TrainingConfig
+from gpt.data import Batch
+from gpt.engine.deepspeed_config import deepspeed_config, uses_plain_optimizer
+from gpt.engine.optim import build_optimizer, global_grad_norm, set_lr
+from gpt.engine.pipeline import build_pipeline, canonical_name
+from gpt.model.build import ModelShape, build_model
+from gpt.model.gpt import weighted_loss
+from gpt.model.slots import Slots
+from gpt.parallel.context import ParallelContext
+from gpt.parallel.device import prepare_deepspeed
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean token loss of the global batch (all micro-batches, all data-parallel ranks)
+    grad_norm: float  # global gradient norm before clipping
+    skipped: bool = False  # the optimizer did not apply this step (non-finite loss or fp16 overflow)
+
+
+class TrainEngine:
+    """What the trainer and checkpoints use; subclasses hold a DeepSpeed engine in `self.ds`."""
+
+    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig):
+        self.ds = ds
+        self.ctx = ctx
+        self.cfg = cfg
+
+    @property
+    def optimizer(self):
+        return self.ds.optimizer
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module
+
+    def set_lr(self, lr: float) -> None:
+        set_lr(self.ds.optimizer, lr)
+
+    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """This rank's parameters under their one-process names, each once (tied copies skipped)."""
+        raise NotImplementedError
+
+    def train_step(self, micro_batches: list[Batch]) -> StepResult:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches: list[Batch]) -> float:
+        raise NotImplementedError
+
+    def _grad_norm(self) -> float:
+        norm = self.ds.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def _to_device(self, b: Batch) -> Batch:
+        dev = self.ctx.device
+        return Batch(b.tokens.to(dev, non_blocking=True), b.labels.to(dev, non_blocking=True),
+                     b.weights.to(dev, non_blocking=True))
+
+
+class DenseEngine(TrainEngine):
+    def named_parameters(self):
+        yield from self.ds.module.named_parameters()
+
+    def _micro_loss(self, b: Batch) -> torch.Tensor:
+        b = self._to_device(b)
+        return weighted_loss(self.ds(b.tokens), b.labels, b.weights)
+
+    def train_step(self, micro_batches):
+        self.ds.train()
+        total = torch.zeros((), device=self.ctx.device)
+        for b in micro_batches:
+            loss = self._micro_loss(b)
+            self.ds.backward(loss)
+            self.ds.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            total += loss.detach().float()
+        return StepResult(loss=self._mean_over_dp(total / len(micro_batches)), grad_norm=self._grad_norm(),
+                          skipped=not getattr(self.ds, "_step_applied", True))
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches):
+        self.ds.eval()
+        total = torch.zeros((), device=self.ctx.device)
+        for b in micro_batches:
+            total += self._micro_loss(b).float()
+        self.ds.train()
+        return self._mean_over_dp(total / len(micro_batches))
+
+    def _mean_over_dp(self, value: torch.Tensor) -> float:
+        if self.ctx.layout.data > 1:
+            dist.all_reduce(value, group=self.ctx.dp_group)
+            value = value / self.ctx.layout.data
+        return float(value)
+
+
+class PipeEngine(TrainEngine):
+    def named_parameters(self):
+        n = self.cfg.model.n_layer
+        for name, p in self.ds.module.named_parameters():
+            if not getattr(p, "ds_pipe_replicated", False):
+                yield canonical_name(name, n), p
+
+    @staticmethod
+    def _feed(micro_batches):
+        return iter([(b.tokens, (b.labels, b.weights)) for b in micro_batches])
+
+    def train_step(self, micro_batches):
+        loss = self.ds.train_batch(self._feed(micro_batches))  # averaged over micro-batches and data ranks
+        return StepResult(loss=float(loss), grad_norm=self._grad_norm(),
+                          skipped=not getattr(self.ds, "_step_applied", True))
+
+    @torch.no_grad()
+    def eval_loss(self, micro_batches):
+        loss = self.ds.eval_batch(self._feed(micro_batches), reduce_output="avg", bcast_loss=True)
+        return float(loss)
+
+
+def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -> TrainEngine:
+    import deepspeed
+
+    from gpt import log
+
+    prepare_deepspeed(ctx.device)
+    layout = ctx.layout
+    slots = Slots(layout.tensor, ctx.tp_group)
+    plain = uses_plain_optimizer(cfg)
+    if layout.pipeline > 1:
+        module = build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
+                                pipeline_layers=cfg.parallel.pipeline_layers,
+                                activation_checkpointing=cfg.train.activation_checkpointing)
+        mpu = None  # the PipelineModule brings its own grid (same rank layout as parallel_state)
+    else:
+        module = build_model(cfg.model, shape, seed=cfg.train.seed, tp_size=layout.tensor, tp_group=ctx.tp_group)
+        module.activation_checkpointing = cfg.train.activation_checkpointing
+        mpu = ctx.mpu()
+    optimizer = build_optimizer(module.named_parameters(), cfg.optim, plain_fp32=plain,
+                                norm_fn=partial(global_grad_norm, tp_rank=ctx.tp_rank,
+                                                model_parallel_group=ctx.model_parallel_group),
+                                fused=ctx.device.type == "cuda")
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
+        ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg, layout), mpu=mpu)
+    log.get("engine").debug("deepspeed engine %s ready", type(ds).__name__)
+    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg)
+

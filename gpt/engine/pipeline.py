@@ -1,0 +1,98 @@
+"""The GPT's layer list as a DeepSpeed PipelineModule (1F1B), and the names its parameters get.
+
+The pipeline holds the very classes of gpt/model/gpt.py, in the same order, with the same per-layer
+init seeds, so a pipelined model starts from the weights of the one-process model. With tied
+embeddings the first and last stages each hold the Embedding (DeepSpeed all-reduces its gradient
+between them); the first stage's copy is the owner for checkpoints and the gradient norm.
+"""
+
+import re
+
+from gpt.config.training import ModelConfig
+from gpt.model.build import ModelShape
+from gpt.model.gpt import Block, Embedding, Norm, Output, weighted_loss
+from gpt.model.slots import LayerInit, Slots
+
+
+def _tied_head(output: Output):
+    def forward(embedding: Embedding, x):
+        return output(x, embedding.wte.weight)
+
+    return forward
+
+
+def _loss(logits, labels_and_weights):
+    labels, weights = labels_and_weights
+    return weighted_loss(logits, labels, weights)
+
+
+def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) -> list:
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    n = cfg.n_layer
+
+    def init(i):
+        return LayerInit(seed, i, cfg.init_std, n)
+
+    emb_args = (cfg, slots, init(0), shape.padded_vocab)
+    specs = [TiedLayerSpec("embed", Embedding, *emb_args, tied_weight_attr="wte.weight") if cfg.tie_embeddings
+             else LayerSpec(Embedding, *emb_args)]
+    specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
+    specs.append(LayerSpec(Norm, cfg))
+    if cfg.tie_embeddings:
+        head = Output(cfg, slots, init(n + 2), shape.padded_vocab)  # holds no weight when tied
+        specs.append(TiedLayerSpec("embed", Embedding, *emb_args, forward_fn=_tied_head(head),
+                                   tied_weight_attr="wte.weight"))
+    else:
+        specs.append(LayerSpec(Output, cfg, slots, init(n + 2), shape.padded_vocab))
+    return specs
+
+
+def stage_boundaries(cfg: ModelConfig, stages: int, pipeline_layers) -> list[int]:
+    """Layer-list indices where each stage starts (plus the end): blocks split evenly or as configured.
+
+    The embedding rides with the first stage, the norm and output with the last.
+    """
+    counts = list(pipeline_layers) if pipeline_layers else [
+        cfg.n_layer // stages + (1 if s < cfg.n_layer % stages else 0) for s in range(stages)]
+    parts, block = [0], 1
+    for c in counts[:-1]:
+        block += c
+        parts.append(block)
+    parts.append(cfg.n_layer + 3)
+    return parts
+
+
+def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: int, layout, pipeline_layers,
+                   activation_checkpointing: bool):
+    from deepspeed.pipe import PipelineModule
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+    class GPTPipeline(PipelineModule):
+        def _partition_layers(self, method):  # our split, not DeepSpeed's heuristics
+            self.parts = stage_boundaries(cfg, layout.pipeline, pipeline_layers)
+            stage = self._topo.get_coord(self.global_rank).pipe
+            self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
+
+    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
+    return GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
+                       activation_checkpoint_interval=1 if activation_checkpointing else 0,
+                       checkpointable_layers=["Block"])
+
+
+_INDEXED = re.compile(r"^(\d+)\.(.*)$")
+
+
+def canonical_name(pipe_name: str, n_layer: int) -> str:
+    """PipelineModule parameter name -> the name the same parameter has in the one-process GPT."""
+    if pipe_name.startswith("tied_modules.embed."):
+        return "embedding." + pipe_name[len("tied_modules.embed."):]
+    m = _INDEXED.match(pipe_name)
+    if not m:
+        raise ValueError(f"unexpected pipeline parameter name {pipe_name}")
+    i, rest = int(m.group(1)), m.group(2)
+    if i == 0:
+        return f"embedding.{rest}"
+    if i <= n_layer:
+        return f"blocks.{i - 1}.{rest}"
+    return f"{'norm' if i == n_layer + 1 else 'output'}.{rest}"

@@ -1,0 +1,1 @@
+"""Inference: load a checkpoint of any layout into one process, sample with a KV cache."""

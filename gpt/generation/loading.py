@@ -1,0 +1,57 @@
+"""A checkpoint of any parallel layout -> the one-process model and its tokenizer (no DeepSpeed)."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from gpt.checkpoint import format as fmt
+from gpt.checkpoint.reader import full_state_dict
+from gpt.config.training import ModelConfig
+from gpt.config.validate import Layout
+from gpt.data import tokenizer_from_dict
+from gpt.errors import CheckpointError
+from gpt.model.build import ModelShape, build_model, model_shape
+from gpt.model.gpt import GPT
+from gpt.parallel import context as parallel
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: object
+    shape: ModelShape
+    meta: dict
+    checkpoint: Path
+
+
+def model_config(meta: dict) -> ModelConfig:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), meta["config"]["model"]))
+
+
+def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
+    ckpt = fmt.resolve(path)
+    if ckpt is None:
+        raise CheckpointError(f"no checkpoint under {path} (expected a run.dir with checkpoints/latest, or a checkpoint directory)")
+    meta = fmt.read_meta(ckpt)
+    fmt.verify_files(ckpt, meta)
+    if meta.get("tokenizer") is None:
+        raise CheckpointError(f"{ckpt / fmt.META} records no tokenizer")
+    tokenizer = tokenizer_from_dict(meta["tokenizer"], ckpt)
+    cfg = model_config(meta)
+    shape = model_shape(cfg, tokenizer.vocab_size)
+    ctx = parallel.initialize(Layout(1, 1, 1, 1, 1), device)  # megatron layers want a (one-rank) group
+    model = build_model(cfg, shape, seed=0, tp_size=1, tp_group=ctx.tp_group)
+    missing, unexpected = model.load_state_dict(full_state_dict(ckpt, meta), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt} does not match the model it records: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.to(ctx.device).eval()
+    return LoadedModel(model, tokenizer, shape, meta, ckpt)
+
+
+def release() -> None:
+    parallel.destroy()
+
+
+__all__ = ["LoadedModel", "load_model", "release", "model_config", "torch"]

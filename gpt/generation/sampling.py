@@ -1,0 +1,50 @@
+"""Autoregressive sampling with temperature, top-k and top-p, over a KV cache."""
+
+from typing import Iterator
+
+import torch
+
+from gpt.model.gpt import GPT
+from gpt.model.kv_cache import new_caches
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """(b, v) logits -> logits with excluded tokens at -inf, scaled by 1/temperature."""
+    logits = logits / temperature
+    if top_k is not None and top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p  # keep the smallest prefix reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def generate(model: GPT, prompt: torch.Tensor, *, max_new_tokens: int, vocab_size: int, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+             stop_ids: tuple[int, ...] = (), use_cache: bool = True) -> Iterator[int]:
+    """Yield new token ids one by one for a (1, t) prompt; stops at any of `stop_ids` (not yielded)."""
+    max_len = model.cfg.max_seq_len
+    caches = new_caches(model.cfg.n_layer, max_len) if use_cache else None
+    seq = prompt
+    step_input = prompt[:, -max_len:]
+    for _ in range(max_new_tokens):
+        if caches is not None and caches[0].length + step_input.shape[1] > max_len:
+            caches = new_caches(model.cfg.n_layer, max_len)  # window full: re-encode the recent context
+            step_input = seq[:, -(max_len - 1):]
+        logits = model(step_input if caches is not None else seq[:, -max_len:], caches)[:, -1, :].float()
+        logits[:, vocab_size:] = float("-inf")  # padding rows of the embedding table
+        if temperature == 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            probs = filter_logits(logits, temperature, top_k, top_p).softmax(-1)
+            nxt = torch.multinomial(probs, 1, generator=generator)
+        token = int(nxt)
+        if token in stop_ids:
+            return
+        yield token
+        seq = torch.cat([seq, nxt], dim=1)
+        step_input = nxt

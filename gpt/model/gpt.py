@@ -1,0 +1,219 @@
+"""The GPT: GPT-2 (pre-LayerNorm, learned positions, GELU MLP, tied embeddings) and, by config, the
+Llama family (RMSNorm, RoPE, SwiGLU, grouped-query attention, untied head, no biases).
+
+It is an ordered list of layers — Embedding, Block x n_layer, Norm, Output — so the same classes run
+as one module here or as stages of DeepSpeed's PipelineModule (gpt/engine/pipeline.py). Tensor
+parallelism comes from the `Slots` that build each linear; nothing below branches on it.
+Shapes: b batch, t time, h n_embd, nh/nkv local query/kv heads, hd head size, v/p local vocab rows.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt.config.training import ModelConfig
+from gpt.model.slots import LayerInit, Slots
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Embedding(nn.Module):
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, vocab: int):
+        super().__init__()
+        self.wte = slots.vocab_embedding(vocab, cfg.n_embd, init=init.normal())
+        self.wpe = None
+        if cfg.position == "learned":
+            self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
+            init.normal()(self.wpe.weight)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        x = self.wte(idx)  # (b, t) -> (b, t, h)
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start_pos, start_pos + idx.shape[1], device=idx.device))
+        return self.drop(x)
+
+
+class Rotary(nn.Module):
+    """RoPE (rotate-half convention, as Hugging Face Llama) on (b, n, t, hd)."""
+
+    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+        emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
+        t = x.shape[-2]
+        cos, sin = self.cos[start_pos:start_pos + t].to(x.dtype), self.sin[start_pos:start_pos + t].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit):
+        super().__init__()
+        self.hd = cfg.n_embd // cfg.n_head
+        n_kv = cfg.n_kv_head or cfg.n_head
+        self.nh, self.nkv = cfg.n_head // slots.tp_size, n_kv // slots.tp_size
+        # Fused qkv, rows grouped per kv head: [q x n_head/n_kv, k, v] per group, so that a
+        # contiguous split over the tensor group gives each rank whole groups (Megatron's layout).
+        self.qkv = slots.column(cfg.n_embd, (cfg.n_head + 2 * n_kv) * self.hd, bias=cfg.bias, init=init.normal())
+        self.proj = slots.row(cfg.n_head * self.hd, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
+        self.rotary = Rotary(self.hd, cfg.max_seq_len, cfg.rope_theta) if cfg.position == "rope" else None
+        self.dropout = cfg.dropout
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        b, t, _ = x.shape
+        group = self.nh // self.nkv
+        qkv = self.qkv(x)[0].view(b, t, self.nkv, group + 2, self.hd)
+        q = qkv[:, :, :, :group].reshape(b, t, self.nh, self.hd).transpose(1, 2)  # (b, nh, t, hd)
+        k = qkv[:, :, :, group].transpose(1, 2)  # (b, nkv, t, hd)
+        v = qkv[:, :, :, group + 1].transpose(1, 2)
+        start = cache.length if cache is not None else 0
+        if self.rotary is not None:
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (b, nkv, start + t, hd)
+        mask, causal = None, start == 0 and t > 1
+        if start > 0 and t > 1:  # a chunk after cached tokens: causal within the chunk
+            mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.nkv != self.nh)  # (b, nh, t, hd)
+        y = y.transpose(1, 2).reshape(b, t, self.nh * self.hd)
+        return self.drop(self.proj(y)[0])
+
+
+class GeluMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, hidden: int):
+        super().__init__()
+        self.fc = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
+        self.proj = slots.row(hidden, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x)[0], approximate="tanh"))[0])
+
+
+class SwiGLUMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, hidden: int):
+        super().__init__()
+        self.gate = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
+        self.up = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
+        self.down = slots.row(hidden, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.down(F.silu(self.gate(x)[0]) * self.up(x)[0])[0])
+
+
+MLPS = {"gelu": GeluMLP, "swiglu": SwiGLUMLP}
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, ffn_hidden: int):
+        super().__init__()
+        self.ln_1 = make_norm(cfg)
+        self.attn = Attention(cfg, slots, init)
+        self.ln_2 = make_norm(cfg)
+        self.mlp = MLPS[cfg.activation](cfg, slots, init, ffn_hidden)
+
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Norm(nn.Module):
+    """The final norm, a layer of its own so a pipeline's last stage can hold it."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln_f = make_norm(cfg)
+
+    def forward(self, x):
+        return self.ln_f(x)
+
+
+class Output(nn.Module):
+    """Hidden states to vocab-parallel logits (b, t, v/p); the weight is the embedding's when tied."""
+
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, vocab: int):
+        super().__init__()
+        self.head = slots.column(cfg.n_embd, vocab, bias=False, init=init.normal(), tied=cfg.tie_embeddings)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(x, weight=weight)[0]
+
+
+class GPT(nn.Module):
+    """The whole model in one process group stage: embedding -> blocks -> norm -> output."""
+
+    def __init__(self, cfg: ModelConfig, slots: Slots, *, vocab: int, ffn_hidden: int, seed: int):
+        super().__init__()
+        self.cfg = cfg
+        n = cfg.n_layer
+
+        def init(i):
+            return LayerInit(seed, i, cfg.init_std, n)
+
+        self.embedding = Embedding(cfg, slots, init(0), vocab)
+        self.blocks = nn.ModuleList(Block(cfg, slots, init(1 + i), ffn_hidden) for i in range(n))
+        self.norm = Norm(cfg)
+        self.output = Output(cfg, slots, init(n + 2), vocab)
+        self.activation_checkpointing = False
+
+    def forward(self, idx: torch.Tensor, caches=None) -> torch.Tensor:
+        """Token ids (b, t) -> vocab-parallel logits (b, t, v/p)."""
+        start = caches[0].length if caches else 0
+        x = self.embedding(idx, start)
+        for i, block in enumerate(self.blocks):
+            if self.activation_checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, caches[i] if caches else None)
+        return self.output(self.norm(x), self.embedding.wte.weight if self.cfg.tie_embeddings else None)
+
+
+def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per token (b, t) from vocab-parallel logits; the full logits are never gathered."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    return vocab_parallel_cross_entropy(logits.float(), labels)
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum of per-token losses times per-token weights (the data loader normalises the weights)."""
+    return (token_losses(logits, labels) * weights).sum()
+
+
+def count_parameters(cfg: ModelConfig, vocab: int, ffn_hidden: int) -> int:
+    """Parameters of the whole (unsplit) model, embeddings counted once when tied."""
+    h, n_kv, hd = cfg.n_embd, cfg.n_kv_head or cfg.n_head, cfg.n_embd // cfg.n_head
+    norm = h * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
+    b = 1 if cfg.bias else 0
+    attn = h * (cfg.n_head + 2 * n_kv) * hd + b * (cfg.n_head + 2 * n_kv) * hd + cfg.n_head * hd * h + b * h
+    n_mats = 3 if cfg.activation == "swiglu" else 2
+    mlp = n_mats * h * ffn_hidden + b * ((n_mats - 1) * ffn_hidden + h)
+    block = 2 * norm + attn + mlp
+    emb = vocab * h + (cfg.max_seq_len * h if cfg.position == "learned" else 0)
+    head = 0 if cfg.tie_embeddings else vocab * h
+    return emb + cfg.n_layer * block + norm + head
+
+
+def flops_per_token(cfg: ModelConfig, vocab: int, ffn_hidden: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x (non-embedding matmul params + output head) + attention (PaLM appendix B)."""
+    h, n_kv, hd = cfg.n_embd, cfg.n_kv_head or cfg.n_head, cfg.n_embd // cfg.n_head
+    n_mats = 3 if cfg.activation == "swiglu" else 2
+    matmul = cfg.n_layer * (h * (cfg.n_head + 2 * n_kv) * hd + cfg.n_head * hd * h + n_mats * h * ffn_hidden)
+    matmul += vocab * h
+    attention = cfg.n_layer * 2 * cfg.n_head * hd * seq_len  # QK^T and AV, causal half counted as full (convention)
+    return 6.0 * matmul + 6.0 * attention
+

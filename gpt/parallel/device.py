@@ -1,0 +1,34 @@
+"""Device and collective backend, chosen in one place: CUDA + NCCL where a GPU is visible, else CPU + gloo."""
+
+import os
+
+import torch
+
+from gpt.errors import ConfigError
+
+
+def choose_device(preference: str = "auto", local_rank: int = 0) -> tuple[torch.device, str]:
+    """(device, distributed backend) for this process."""
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", local_rank % torch.cuda.device_count()), "nccl"
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # tell DeepSpeed before it guesses (and warns)
+    return torch.device("cpu"), "gloo"
+
+
+def prepare_deepspeed(device: torch.device) -> None:
+    """Settings DeepSpeed needs before `deepspeed.initialize`.
+
+    On CPU its communication backend JIT-compiles a shared-memory all-reduce kernel (about 30 s, and
+    a C++ compiler) that only DeepSpeed's inference path uses; training all-reduces go through
+    torch.distributed. We mark it unavailable so the first run on a fresh machine starts at once.
+    """
+    import logging
+
+    import deepspeed.ops
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)  # DeepSpeed logs its whole config at INFO on every rank
+    if device.type == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

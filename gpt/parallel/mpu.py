@@ -1,0 +1,32 @@
+"""Adapter from megatron-core's `parallel_state` to the legacy Megatron API DeepSpeed expects.
+
+DeepSpeed's `mpu=` argument wants `get_model_parallel_*` to mean the tensor-parallel group (it uses
+it to avoid double-counting replicated parameters in the gradient norm); megatron-core renamed those.
+"""
+
+from megatron.core import parallel_state as ps
+
+
+class MegatronMPU:
+    def get_model_parallel_world_size(self):
+        return ps.get_tensor_model_parallel_world_size()
+
+    def get_model_parallel_rank(self):
+        return ps.get_tensor_model_parallel_rank()
+
+    def get_model_parallel_group(self):
+        return ps.get_tensor_model_parallel_group()
+
+    def get_data_parallel_world_size(self):
+        return ps.get_data_parallel_world_size()
+
+    def get_data_parallel_rank(self):
+        return ps.get_data_parallel_rank()
+
+    def get_data_parallel_group(self):
+        return ps.get_data_parallel_group()
+
+    # Names DeepSpeed also probes for tensor parallelism.
+    get_tensor_model_parallel_world_size = get_model_parallel_world_size
+    get_tensor_model_parallel_rank = get_model_parallel_rank
+    get_tensor_model_parallel_group = get_model_parallel_group

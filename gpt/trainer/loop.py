@@ -1,0 +1,115 @@
+"""The training loop: step, log, evaluate, checkpoint, stop. Setup lives in `session.py`."""
+
+import math
+import time
+from dataclasses import dataclass
+
+from gpt import log
+from gpt.checkpoint.save import save as save_checkpoint
+from gpt.config.training import TrainingConfig
+from gpt.data import Batch
+from gpt.engine.engine import TrainEngine
+from gpt.engine.optim import lr_at
+from gpt.trainer.metrics import MetricsLog, WandbSink
+from gpt.trainer.progress import Progress
+from gpt.trainer.signals import StopRequest
+from gpt.trainer.state import TrainerState
+
+logger = log.get("train")
+
+
+@dataclass
+class Session:
+    """The pieces one run's loop works with (built by session.open_session)."""
+
+    cfg: TrainingConfig
+    config_dict: dict
+    engine: TrainEngine
+    train_data: object
+    val_data: object
+    tokenizer: object
+    state: TrainerState
+    metrics: MetricsLog
+    wandb: WandbSink
+
+    @property
+    def ctx(self):
+        return self.engine.ctx
+
+
+def evaluate(s: Session) -> float:
+    """Mean validation loss over eval.iters global batches (the same batches every time)."""
+    gbs = s.cfg.train.global_batch_size
+    losses = [s.engine.eval_loss(s.val_data.global_batch(k * gbs)) for k in range(s.cfg.eval.iters)]
+    return sum(losses) / len(losses)
+
+
+def save(s: Session) -> None:
+    save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
+                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last)
+
+
+def materialize_optimizer_state(s: Session) -> None:
+    """One step with zero loss weights at lr 0: creates Adam's state without changing any weight."""
+    s.engine.set_lr(0.0)
+    batches = s.train_data.global_batch(s.state.consumed_samples)
+    s.engine.train_step([Batch(b.tokens, b.labels, b.weights * 0.0) for b in batches])
+
+
+def _record(s: Session, record: dict) -> None:
+    s.metrics.write(record)
+    s.wandb.log(record)
+
+
+def run_eval(s: Session) -> float:
+    t0 = time.perf_counter()
+    val = evaluate(s)
+    st = s.state
+    if st.best_val_loss is None or val < st.best_val_loss - s.cfg.eval.early_stopping.min_delta:
+        st.best_val_loss, st.best_step, st.evals_without_improvement = val, st.step, 0
+    else:
+        st.evals_without_improvement += 1
+    _record(s, {"step": st.step, "val_loss": val, "val_ppl": math.exp(min(val, 50.0)),
+                "eval_time_s": round(time.perf_counter() - t0, 3)})
+    if s.ctx.is_logging_rank:
+        logger.info("step %d | val loss %.4f | val ppl %.2f", st.step, val, math.exp(min(val, 50.0)))
+    return val
+
+
+def train(s: Session, stop: StopRequest) -> TrainerState:
+    cfg, st = s.cfg, s.state
+    t = cfg.train
+    tokens_per_step = t.global_batch_size * t.seq_len
+    progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
+    saved_at = st.step if st.step else None
+    last = min(t.steps, t.stop_at or t.steps)
+    while st.step < last:
+        step = st.step + 1
+        lr = lr_at(step, cfg.optim, t.steps)
+        s.engine.set_lr(lr)
+        t0 = time.perf_counter()
+        batches = s.train_data.global_batch(st.consumed_samples)
+        t1 = time.perf_counter()
+        result = s.engine.train_step(batches)
+        dt = time.perf_counter() - t0
+        st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
+        if result.skipped:
+            st.skipped_steps += 1
+        record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+                  "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "data_time_s": t1 - t0,
+                  "consumed_samples": st.consumed_samples, "skipped": result.skipped}
+        _record(s, record)
+        progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt)
+
+        if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
+            run_eval(s)
+        stopping = stop.agreed(s.ctx.device)
+        if stopping or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            save(s)
+            saved_at = step
+        if stopping:
+            logger.info("stopped by signal after step %d; checkpoint saved", step)
+            break
+    if saved_at != st.step:  # e.g. resumed at the end
+        save(s)
+    return st

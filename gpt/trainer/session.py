@@ -1,0 +1,106 @@
+"""Setting up a training run: validate, start process groups, data, engine, resume, then the loop."""
+
+import os
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from gpt import log
+from gpt.checkpoint import format as ckpt_format
+from gpt.checkpoint.load import load as load_checkpoint
+from gpt.checkpoint.reader import check_architecture
+from gpt.config.training import TrainingConfig
+from gpt.config.validate import validate_training
+from gpt.data import build_loaders, load_tokenizer, read_metadata
+from gpt.engine.engine import build_engine
+from gpt.errors import ConfigError
+from gpt.model.build import model_shape
+from gpt.model.gpt import count_parameters, flops_per_token
+from gpt.parallel import context as parallel
+from gpt.trainer.loop import Session, materialize_optimizer_state, train
+from gpt.trainer.metrics import MetricsLog, WandbSink
+from gpt.trainer.signals import StopRequest
+from gpt.trainer.state import TrainerState
+
+logger = log.get("train")
+
+
+def data_dir(cfg: TrainingConfig) -> Path:
+    """The shard directory whose tokenizer the run uses (the first blend component for blends)."""
+    if cfg.data.blend:
+        return Path(str(cfg.data.blend[0][1]))
+    return Path(cfg.data.path)
+
+
+def config_dict(cfg: TrainingConfig) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def _write_config(cfg: TrainingConfig, run_dir: Path) -> None:
+    from gpt.checkpoint.format import write_text_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def pretrain(cfg: TrainingConfig) -> int:
+    layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
+    meta = read_metadata(data_dir(cfg))
+    shape = model_shape(cfg.model, meta["tokenizer"]["vocab_size"])
+    if cfg.model.init_from:
+        raise ConfigError("model.init_from is not supported yet")
+    stop = StopRequest().install()
+    ctx = parallel.initialize(layout, cfg.device)
+    try:
+        return _train(cfg, ctx, shape, stop)
+    finally:
+        stop.restore()
+        parallel.destroy()
+
+
+def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
+    log.setup(ctx.rank)
+    run_dir = Path(cfg.run.dir)
+    torch.manual_seed(cfg.train.seed + 100 * ctx.pp_rank)  # dropout; tensor ranks share it
+    train_data, val_data = build_loaders(cfg.data, seq_len=cfg.train.seq_len,
+                                         global_batch_size=cfg.train.global_batch_size,
+                                         micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank,
+                                         dp_size=ctx.layout.data, seed=cfg.train.seed)
+    tokenizer = load_tokenizer(data_dir(cfg))
+    engine = build_engine(cfg, ctx, shape)
+    cdict = config_dict(cfg)
+
+    ckpt = ckpt_format.resolve(run_dir)
+    state = TrainerState()
+    if ckpt is not None:
+        meta = ckpt_format.read_meta(ckpt)
+        check_architecture(meta, cdict["model"], ckpt)
+        state = TrainerState.from_dict(meta["trainer"])
+        session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, None, None)
+        load_checkpoint(engine, ckpt, materialize=lambda: materialize_optimizer_state(session))
+        if ctx.is_logging_rank:
+            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, state.step, state.consumed_samples)
+    if ctx.is_logging_rank:
+        _write_config(cfg, run_dir)
+        _report(cfg, ctx, shape, engine)
+    metrics = MetricsLog(run_dir, enabled=ctx.is_logging_rank, resume_step=state.step)
+    wandb = WandbSink(cfg.logging.wandb, enabled=ctx.is_logging_rank, run_dir=run_dir, config=cdict,
+                      run_id=state.wandb_id)
+    state.wandb_id = wandb.run_id or state.wandb_id
+    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, metrics, wandb)
+    try:
+        train(session, stop)
+    finally:
+        metrics.close()
+        wandb.finish()
+    return 0
+
+
+def _report(cfg: TrainingConfig, ctx, shape, engine) -> None:
+    n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
+    fpt = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
+    logger.info("model %s: %s parameters, %.3g training FLOPs/token", cfg.model.name, f"{n:,}", fpt)
+    logger.info("layout: %s; ZeRO stage %d; %s on %s (%s)", ctx.layout.describe(), cfg.parallel.zero_stage,
+                cfg.train.precision, ctx.device, ctx.backend)
+    logger.info("run dir %s (pid %d)", os.path.abspath(cfg.run.dir), os.getpid())
