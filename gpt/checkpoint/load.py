@@ -28,6 +28,7 @@ def load(engine, ckpt: Path, *, load_optimizer: bool = True, materialize=None) -
     reader = TensorReader(ckpt, meta)
     if load_optimizer and materialize is not None:
         materialize()
+        zero_state.link_optimizer_state(engine.optimizer)
     tp_rank, tp_size = ctx.tp_rank, ctx.layout.tensor
     for name, p in engine.named_parameters():
         dim = partition_dim(p)

@@ -53,6 +53,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
 
     # Parameters are gathered over the data-parallel group (collective), then written by one data
     # rank each, round robin, so that the writing is spread over the data-parallel ranks.
+    zero_state.link_optimizer_state(engine.optimizer)
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
     dp, dp_rank = ctx.layout.data, ctx.dp_rank

@@ -88,6 +88,18 @@ def set_optimizer_steps(optimizer, steps: int) -> None:
                 state["step"] = steps
 
 
+def link_optimizer_state(optimizer) -> None:
+    """Make every parameter's Adam-state fragment reachable through the tensor-fragment API.
+
+    DeepSpeed 0.19's ZeRO-1/2 links the state to parameters right after stepping its *first* param
+    group and never again, so parameters of later groups (our no-weight-decay group) have none and
+    `safe_get_full_optimizer_state` fails for them. Linking again after a full step fixes that.
+    """
+    if hasattr(optimizer, "_hp_optimizer_states_linked") and hasattr(optimizer, "_lazy_init_hp_params_optimizer_state"):
+        optimizer._hp_optimizer_states_linked = False
+        optimizer._lazy_init_hp_params_optimizer_state()
+
+
 def sync_low_precision(optimizer) -> None:
     """Copy the fp32 master weights we just set into the weights forward() uses."""
     if hasattr(optimizer, "update_lp_params"):  # ZeRO 1/2 and the bf16 optimizer

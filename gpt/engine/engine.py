@@ -135,7 +135,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
 
     from gpt import log
 
-    prepare_deepspeed(ctx.device)
+    prepare_deepspeed(ctx.device, ctx.backend)
     layout = ctx.layout
     slots = Slots(layout.tensor, ctx.tp_group)
     plain = uses_plain_optimizer(cfg)

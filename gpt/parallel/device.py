@@ -17,7 +17,7 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> tuple[torch.
     return torch.device("cpu"), "gloo"
 
 
-def prepare_deepspeed(device: torch.device) -> None:
+def prepare_deepspeed(device: torch.device, backend: str) -> None:
     """Settings DeepSpeed needs before `deepspeed.initialize`.
 
     On CPU its communication backend JIT-compiles a shared-memory all-reduce kernel (about 30 s, and
@@ -32,3 +32,6 @@ def prepare_deepspeed(device: torch.device) -> None:
     logger.setLevel(logging.WARNING)  # DeepSpeed logs its whole config at INFO on every rank
     if device.type == "cpu":
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts our torch.distributed group
