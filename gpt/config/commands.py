@@ -13,7 +13,9 @@ class TokenizerConfig:
     path: Optional[str] = None
     """tokenizer.json to use (tokenizer.kind=hf)."""
     name: Optional[str] = None
-    """tiktoken encoding name, e.g. gpt2 or cl100k_base (tokenizer.kind=tiktoken)."""
+    """tiktoken encoding name, e.g. gpt2 or cl100k_base (tokenizer.kind=tiktoken), read from tiktoken's local cache (TIKTOKEN_CACHE_DIR); never downloaded."""
+    eod_token: Optional[str] = None
+    """End-of-document token of a bpe/hf tokenizer; null means <|endoftext|> for bpe, and for hf the first of <|endoftext|>, <|end_of_text|>, </s>, <eos> it has. Added to the vocabulary if missing."""
 
 
 @dataclass(kw_only=True)
@@ -29,11 +31,13 @@ class PreprocessConfig:
     text_key: str = "text"
     """Field holding the text in jsonl/parquet records."""
     split: str = "blank_lines"
-    """How .txt files become documents: blank_lines (paragraphs) | file (one document per file)."""
+    """How text files become documents: blank_lines (paragraphs) | file (one document per file). .py files are always one document per file."""
     shard_tokens: int = 64_000_000
-    """Start a new shard file after this many tokens."""
+    """Start a new shard file after the document that brings the current one to this many tokens."""
     workers: int = 1
-    """Worker processes for reading and tokenising."""
+    """Worker processes for reading and tokenising; the output is identical whatever the number."""
+    task_bytes: int = 1_048_576
+    """Input bytes per unit of work given to a worker (files are cut at document boundaries); the output does not depend on it."""
     on_error: str = "fail"
     """fail (stop at the first bad record, naming file:line) | skip (skip and report bad records)."""
     overwrite: bool = False

@@ -1,0 +1,114 @@
+"""Text <-> token ids, and how a tokenizer is recorded in (and rebuilt from) shard metadata.
+
+Preprocessing, training and generation must use the very same tokenizer; the shards' metadata.json
+(plus tokenizer.json for BPE kinds) is the single record of it, and a checkpoint keeps a copy made
+with `to_dict()` and `save_files()`.
+"""
+
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from gpt.errors import DataError
+
+KINDS = ("byte", "bpe", "hf", "tiktoken")
+
+
+class Tokenizer:
+    """Base of every tokenizer kind. `encode` never emits special tokens; packing inserts `eod_id`."""
+
+    kind: str
+    vocab_size: int
+    """Number of ids, special tokens included (the model's embedding needs at least this many rows)."""
+    eod_id: int
+    """End-of-document token inserted between packed documents."""
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def encode_arrays(self, texts: Sequence[str], dtype) -> tuple[np.ndarray, np.ndarray]:
+        """All documents' ids concatenated [sum(lengths)] and the per-document lengths [len(texts)].
+
+        This is what shard writing consumes; kinds override it to skip Python lists of ints.
+        """
+        ids = self.encode_batch(texts)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter((i for x in ids for i in x), dtype=dtype, count=int(lengths.sum()))
+        return flat, lengths
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "eod_id": self.eod_id}
+
+    def save_files(self, directory) -> None:
+        """Write the files `tokenizer_from_dict` needs beside the dict (none for this kind)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()})"
+
+
+def as_id_array(ids) -> np.ndarray:
+    """Lists, numpy arrays and (CPU) torch tensors alike, as int64 [n]."""
+    if hasattr(ids, "detach"):
+        ids = ids.detach().cpu().numpy()
+    return np.asarray(ids, dtype=np.int64).reshape(-1)
+
+
+class ByteTokenizer(Tokenizer):
+    """Ids 0-255 are the UTF-8 bytes of the text; 256 is end-of-document. No files, no training."""
+
+    kind = "byte"
+    vocab_size = 257
+    eod_id = 256
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(t.encode("utf-8")) for t in texts]
+
+    def encode_arrays(self, texts: Sequence[str], dtype) -> tuple[np.ndarray, np.ndarray]:
+        encoded = [t.encode("utf-8") for t in texts]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(dtype), lengths
+
+    def decode(self, ids: Iterable[int]) -> str:
+        a = as_id_array(ids)
+        return a[(a >= 0) & (a < 256)].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
+
+
+def tokenizer_from_dict(d: dict, base_dir) -> Tokenizer:
+    """Rebuild what `to_dict()` described, reading its files (tokenizer.json) from base_dir.
+
+    base_dir is a shard directory or a checkpoint directory holding a copy made with `save_files`.
+    """
+    if not isinstance(d, dict) or d.get("kind") not in KINDS:
+        kind = d.get("kind") if isinstance(d, dict) else d
+        raise DataError(f"tokenizer kind {kind!r} (in {base_dir}) is not one of {'|'.join(KINDS)}")
+    kind = d["kind"]
+    if kind == "byte":
+        tok: Tokenizer = ByteTokenizer()
+    elif kind in ("bpe", "hf"):
+        from gpt.data.hf_tokenizer import HFTokenizer
+
+        tok = HFTokenizer.from_file(Path(base_dir) / d.get("file", "tokenizer.json"), kind=kind,
+                                    eod_token=d.get("eod_token"))
+    else:
+        from gpt.data.tiktoken_tokenizer import TiktokenTokenizer
+
+        tok = TiktokenTokenizer(d.get("name"))
+    for key in ("vocab_size", "eod_id"):
+        if key in d and d[key] != getattr(tok, key):
+            raise DataError(f"the {kind} tokenizer rebuilt from {base_dir} has {key}={getattr(tok, key)}, "
+                            f"but its metadata says {d[key]}; the tokenizer files do not belong to these shards")
+    return tok
+
+
+def load_tokenizer(shard_dir) -> Tokenizer:
+    """The tokenizer that wrote the shards in shard_dir (from its metadata.json)."""
+    from gpt.data.format import read_metadata
+
+    return tokenizer_from_dict(read_metadata(shard_dir)["tokenizer"], shard_dir)

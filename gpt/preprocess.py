@@ -1,0 +1,31 @@
+"""gpt-preprocess: turn text into token shards for training (see docs/README-data.md)."""
+
+import sys
+from typing import List, Optional
+
+from gpt.cli import run_command
+from gpt.config.commands import PreprocessConfig
+
+USAGE = """
+usage: gpt-preprocess input=<file|dir|glob|stdlib|[a,b]> output=<dir> [key=value ...]
+
+Writes Arrow token shards and metadata.json into output (atomically). Common keys:
+  tokenizer.kind=byte|bpe|hf|tiktoken   tokenizer.vocab_size=8192 (bpe)  tokenizer.path=<tokenizer.json> (hf)
+  tokenizer.name=gpt2|cl100k_base (tiktoken)   split=blank_lines|file   text_key=text
+  workers=N   shard_tokens=64000000   on_error=fail|skip   overwrite=true
+"""
+
+
+def run(cfg: PreprocessConfig) -> int:
+    from gpt.data.preprocess import preprocess
+
+    preprocess(cfg)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_command("gpt-preprocess", "preprocess", run, USAGE, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
