@@ -20,3 +20,7 @@ class DataError(GptError):
 
 class CheckpointError(GptError):
     """A checkpoint is missing, incomplete, corrupt or incompatible with the config."""
+
+
+class TrainingError(GptError):
+    """Training cannot go on (e.g. the loss stayed non-finite); the last good state was saved first."""

@@ -2,19 +2,27 @@
 
     <run.dir>/checkpoints/
       latest                      text: name of the newest complete checkpoint (written last)
+      best                        text (optional, written by fine-tuning): a checkpoint pruning never deletes
       step_00000012/
         meta.json                 format, version, step, trainer state, resolved config, layout it
-                                  was written with, tokenizer, code version, tensor index
+                                  was written with, tokenizer, code version, files (bytes + sha256),
+                                  tensor index
         rank-00000.safetensors    one file per rank: the tensors this rank was assigned, plus its RNG
         tokenizer.json            when the tokenizer needs files
+      .tmp-step_00000016/         a save in progress (or one that was interrupted): never loaded
 
 Each parameter is stored under its one-process name (e.g. `blocks.3.attn.qkv.weight`) as the
 tensor-parallel slices it had when saved, in fp32, with its Adam moments beside it
 (`<name>#exp_avg`, `<name>#exp_avg_sq`). The index in meta.json says, for every name, its full shape,
 the dimension its slices split along and which file holds each slice — enough to rebuild any slice
 for any other layout. Nothing is pickled: loading a checkpoint cannot run code.
+
+A directory only gets its `step_*` name once every rank's file and meta.json are on disk, so an
+interrupted save is never picked up; a damaged one is caught by the sizes and sha256 sums recorded in
+meta.json (`validate`).
 """
 
+import hashlib
 import json
 import os
 import re
@@ -26,8 +34,13 @@ FORMAT = "gpt-checkpoint"
 VERSION = 1
 META = "meta.json"
 LATEST = "latest"
+BEST = "best"
+POINTERS = (LATEST, BEST)
 MOMENTS = ("exp_avg", "exp_avg_sq")
+RNG_CPU, RNG_CUDA = "__rng__.cpu", "__rng__.cuda"
+TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+_HASH_CHUNK = 16 << 20
 
 
 def step_dir_name(step: int) -> str:
@@ -53,53 +66,112 @@ def write_text_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable (POSIX needs the directory itself synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def step_of(path: Path) -> int | None:
+    m = _STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else None
 
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Step directories that were renamed into place (temporary ones never match), oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: int(_STEP_DIR.match(p.name).group(1)))
+    found = [p for p in root.iterdir() if p.is_dir() and step_of(p) is not None]
+    return sorted(found, key=step_of)
 
 
-def resolve(path: str | Path) -> Path | None:
-    """A run.dir, its checkpoints/ dir, or one checkpoint dir -> the checkpoint dir to load (None: none yet)."""
+def read_pointer(root: Path, pointer: str) -> str | None:
+    path = root / pointer
+    return path.read_text().strip() if path.is_file() else None
+
+
+def candidates(path: str | Path) -> list[Path]:
+    """Checkpoints to try for a resume from `path`, best first; [] when there is none yet.
+
+    `path` is a run.dir, its checkpoints/ dir, or one checkpoint dir. The `latest` pointer comes
+    first; then the other complete checkpoints, newest first (used only with checkpoint.fallback).
+    A run whose `latest` is missing (a crash between renaming a checkpoint into place and writing the
+    pointer) starts from its newest complete checkpoint.
+    """
     path = Path(path)
-    if (path / META).is_file():
-        return path
+    if (path / META).is_file() or step_of(path) is not None:
+        return [path]
     root = path if path.name == "checkpoints" else checkpoints_dir(path)
-    latest = root / LATEST
-    if latest.is_file():
-        name = latest.read_text().strip()
-        target = root / name
-        if not (target / META).is_file():
-            raise CheckpointError(f"{latest} names {name!r}, which is not a complete checkpoint; "
-                                  f"delete {latest} to start over or point it at a directory listed in {root}")
-        return target
-    return None
+    done = complete_checkpoints(root)[::-1]
+    name = read_pointer(root, LATEST)
+    if name is None:
+        return done
+    first = root / name
+    return [first] + [p for p in done if p.name != name and (step_of(first) is None or step_of(p) < step_of(first))]
+
+
+def resolve(path: str | Path, *, verify: bool = True) -> Path | None:
+    """The checkpoint to load from a run.dir / checkpoints dir / checkpoint dir (None: none yet), validated."""
+    found = candidates(path)
+    if not found:
+        return None
+    validate(found[0], verify=verify)
+    return found[0]
 
 
 def read_meta(ckpt: Path) -> dict:
     path = ckpt / META
+    if not ckpt.is_dir():
+        raise CheckpointError(f"{ckpt} is not a directory: no such checkpoint")
     try:
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: {ckpt} is not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt ({e}); use checkpoint.fallback=true to resume from the previous one") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a gpt checkpoint (format={meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path} is not a gpt checkpoint (format={found!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path} has format version {meta.get('version')}; this gpt reads version {VERSION}")
+    for key in ("step", "files", "tensors", "config", "layout"):
+        if key not in meta:
+            raise CheckpointError(f"{path} has no {key!r} entry: the file is corrupt")
     return meta
 
 
-def verify_files(ckpt: Path, meta: dict) -> None:
-    """Every rank file listed in meta.json exists with its recorded size (catches truncation)."""
-    for name, size in meta["files"].items():
-        f = ckpt / name
-        if not f.is_file():
-            raise CheckpointError(f"{f} is missing; the checkpoint is incomplete")
-        if f.stat().st_size != size:
-            raise CheckpointError(f"{f} has {f.stat().st_size} bytes, meta.json records {size}: the file is truncated or corrupt")
+def verify_file(ckpt: Path, name: str, record: dict, *, hashes: bool = True) -> None:
+    """One rank file exists with its recorded size (catches truncation) and sha256 (any damage)."""
+    f = ckpt / name
+    if not f.is_file():
+        raise CheckpointError(f"{f} is missing; the checkpoint is incomplete (use checkpoint.fallback=true to resume "
+                              f"from the previous one)")
+    size = f.stat().st_size
+    if size != record["bytes"]:
+        raise CheckpointError(f"{f} has {size} bytes, meta.json records {record['bytes']}: the file is truncated or "
+                              f"corrupt (use checkpoint.fallback=true to resume from the previous one)")
+    if hashes and record.get("sha256") and sha256(f) != record["sha256"]:
+        raise CheckpointError(f"{f} does not match the sha256 in meta.json: the file is corrupt (use "
+                              f"checkpoint.fallback=true to resume from the previous one)")
+
+
+def validate(ckpt: Path, *, verify: bool = True, files: list[str] | None = None) -> dict:
+    """meta.json parses and every listed file (or those in `files`) is intact; returns the meta."""
+    meta = read_meta(ckpt)
+    for name in (meta["files"] if files is None else files):
+        verify_file(ckpt, name, meta["files"][name], hashes=verify)
+    return meta

@@ -2,35 +2,54 @@
 
 Weights, Adam moments and the optimizer's step count are set through the same ZeRO-aware accessors
 that saved them, so a run saved at one (tensor, pipeline, data, ZeRO) layout resumes at another.
+`load_weights` is the shared half: `model.init_from` sets Hugging Face weights through it.
 """
 
+import shutil
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from gpt import log
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint import zero_state
 from gpt.checkpoint.reader import TensorReader
 from gpt.checkpoint.save import partition_dim
+from gpt.errors import CheckpointError
 
 logger = log.get("checkpoint")
 
-def load(engine, ckpt: Path, *, load_optimizer: bool = True, materialize=None) -> dict:
+
+def _parameters(engine):
+    """Every parameter this rank holds, pipeline replicas of tied weights included (they must match)."""
+    return engine.named_parameters(replicas=True)
+
+
+def load_weights(engine, source) -> None:
+    """Set every parameter of this rank to its slice from `source` (a TensorReader or FullTensors)."""
+    ctx = engine.ctx
+    for name, p in _parameters(engine):
+        zero_state.set_param(p, source.read(name, dim=partition_dim(p), tp_rank=ctx.tp_rank, tp_size=ctx.layout.tensor))
+    zero_state.sync_low_precision(engine.optimizer)
+
+
+def load(engine, ckpt: Path, *, load_optimizer: bool = True, materialize=None, meta: dict | None = None) -> dict:
     """Set weights (and optimizer state) of `engine` from `ckpt`; returns its meta.json.
 
     `materialize()` must make the optimizer's state exist (one step with zero gradient and lr 0)
-    before the moments can be set; the trainer provides it.
+    before the moments can be set; the trainer provides it. The checkpoint must have been chosen
+    (and its files verified) by `select` first.
     """
     ctx = engine.ctx
-    meta = fmt.read_meta(ckpt)
-    fmt.verify_files(ckpt, meta)
+    meta = meta or fmt.read_meta(ckpt)
     reader = TensorReader(ckpt, meta)
+    load_optimizer = load_optimizer and meta.get("optimizer_steps", 0) > 0
     if load_optimizer and materialize is not None:
         materialize()
         zero_state.link_optimizer_state(engine.optimizer)
     tp_rank, tp_size = ctx.tp_rank, ctx.layout.tensor
-    for name, p in engine.named_parameters():
+    for name, p in _parameters(engine):
         dim = partition_dim(p)
         zero_state.set_param(p, reader.read(name, dim=dim, tp_rank=tp_rank, tp_size=tp_size))
         if load_optimizer and p.requires_grad:
@@ -42,20 +61,74 @@ def load(engine, ckpt: Path, *, load_optimizer: bool = True, materialize=None) -
     zero_state.sync_low_precision(engine.optimizer)
     if load_optimizer:
         zero_state.set_optimizer_steps(engine.optimizer, meta["optimizer_steps"])
-    _restore_rng(reader, meta, ctx)
+    restore_rng(reader, meta, ctx)
     return meta
 
 
-def _restore_rng(reader: TensorReader, meta: dict, ctx) -> None:
-    """Same layout: continue each rank's random stream; another layout: reseed from (seed, step, rank)."""
+def same_layout(meta: dict, layout) -> bool:
     saved = meta["layout"]
-    same = all(saved[k] == getattr(ctx.layout, k) for k in ("world", "tensor", "pipeline", "data"))
-    if same:
-        f = reader._file(fmt.rank_file(ctx.rank))
-        torch.set_rng_state(f.get_tensor("__rng__.cpu"))
-        if ctx.device.type == "cuda" and "__rng__.cuda" in f.keys():
-            torch.cuda.set_rng_state(f.get_tensor("__rng__.cuda"), ctx.device)
-    else:
-        seed = int(meta["config"]["train"]["seed"]) * 1_000_003 + int(meta["step"]) * 1009 + ctx.rank
-        torch.manual_seed(seed)
-        logger.info("layout changed (%s -> %s): random streams reseeded", saved, ctx.layout)
+    return all(saved.get(k) == getattr(layout, k) for k in ("world", "tensor", "pipeline", "data"))
+
+
+def restore_rng(reader: TensorReader, meta: dict, ctx) -> None:
+    """Same layout: continue each rank's random stream; another layout: reseed from (seed, step, rank)."""
+    state = reader.rank_tensor(ctx.rank, fmt.RNG_CPU) if meta.get("rng") and same_layout(meta, ctx.layout) else None
+    if state is not None:
+        torch.set_rng_state(state)
+        cuda = reader.rank_tensor(ctx.rank, fmt.RNG_CUDA)
+        if ctx.device.type == "cuda" and cuda is not None:
+            torch.cuda.set_rng_state(cuda, ctx.device)
+        return
+    seed = int(meta["config"]["train"]["seed"]) * 1_000_003 + int(meta["step"]) * 1009 + ctx.rank
+    torch.manual_seed(seed)
+    logger.info("layout changed (%s -> %s): random streams reseeded", meta["layout"], ctx.layout.describe())
+
+
+def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from, agreed by every rank (a collective); None for a fresh run.
+
+    The files' sha256 sums are checked in parallel (file i by rank i mod world). A damaged latest
+    checkpoint is an error naming the file, or, with `fallback`, is moved aside to `<name>.corrupt`
+    and the newest intact one before it is used.
+    """
+    world = ctx.layout.world
+    skipped = False
+    for ckpt in fmt.candidates(run_dir):
+        problem = None
+        meta = None
+        try:
+            meta = fmt.read_meta(ckpt)
+            mine = sorted(meta["files"])[ctx.rank::world]
+            fmt.validate(ckpt, verify=verify, files=mine)
+        except CheckpointError as e:
+            problem = str(e)
+        problems = [None] * world
+        dist.all_gather_object(problems, problem)
+        found = next((p for p in problems if p), None)
+        if found is None:
+            if skipped and ctx.rank == 0:
+                fmt.write_text_atomic(ckpt.parent / fmt.LATEST, ckpt.name + "\n")
+            return ckpt, meta
+        if not fallback:
+            raise CheckpointError(found)
+        if ctx.rank == 0:
+            logger.warning("checkpoint.fallback: %s; trying the previous checkpoint", found)
+            _move_aside(ckpt)
+        skipped = True
+        dist.barrier()
+    if fmt.candidates(run_dir):
+        raise CheckpointError(f"no intact checkpoint left in {fmt.checkpoints_dir(run_dir)}; "
+                              f"start a new run.dir or restore the files")
+    return None
+
+
+def _move_aside(ckpt: Path) -> None:
+    if not ckpt.is_dir():
+        return
+    target = ckpt.with_name(ckpt.name + ".corrupt")
+    n = 1
+    while target.exists():
+        n += 1
+        target = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
+    shutil.move(str(ckpt), str(target))
+    logger.warning("moved %s aside to %s", ckpt, target.name)

@@ -16,6 +16,7 @@ import gpt
 from gpt import log
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint import zero_state
+from gpt.config.secrets import redact
 
 logger = log.get("checkpoint")
 
@@ -38,6 +39,34 @@ def partition_dim(p) -> int | None:
     return int(p.partition_dim) if getattr(p, "tensor_model_parallel", False) else None
 
 
+def write_rank_file(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
+    """Write one safetensors file durably; returns its meta.json record (bytes, sha256)."""
+    save_file(tensors, str(path), metadata={"format": fmt.FORMAT, "version": str(fmt.VERSION)})
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return {"bytes": path.stat().st_size, "sha256": fmt.sha256(path)}
+
+
+def merge_index(gathered: list[tuple[int, dict, dict]]) -> tuple[dict, dict]:
+    """Per-rank (rank, file record, tensor index) -> meta.json's `files` and `tensors`."""
+    merged, files = {}, {}
+    for rank, record, idx in sorted(gathered, key=lambda g: g[0]):
+        files[fmt.rank_file(rank)] = record
+        for name, info in idx.items():
+            entry = merged.setdefault(name, {"shape": None, "partition_dim": info["partition_dim"],
+                                             "moments": info["moments"], "trainable": info["trainable"],
+                                             "pieces": []})
+            entry["pieces"].append({"file": info["file"], "tp_rank": info["tp_rank"], "tp_size": info["tp_size"],
+                                    "shape": info["shape"]})
+    for entry in merged.values():
+        entry["pieces"].sort(key=lambda x: x["tp_rank"])
+        shape = list(entry["pieces"][0]["shape"])
+        if entry["partition_dim"] is not None:
+            shape[entry["partition_dim"]] = sum(pc["shape"][entry["partition_dim"]] for pc in entry["pieces"])
+        entry["shape"] = shape
+    return files, dict(sorted(merged.items()))
+
+
 def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run_dir: str | Path,
          keep_last: int = 0, keep: tuple[str, ...] = ()) -> Path:
     """Write checkpoint `step_<step>` of this run (a collective: call on every rank)."""
@@ -45,90 +74,87 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
     ctx = engine.ctx
     root = fmt.checkpoints_dir(run_dir)
     final = root / fmt.step_dir_name(step)
-    tmp = root / f".tmp-{fmt.step_dir_name(step)}"
+    tmp = root / f"{fmt.TMP_PREFIX}{fmt.step_dir_name(step)}"
     if ctx.rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{fmt.TMP_PREFIX}step_*"):  # saves interrupted by a crash or kill
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
     dist.barrier()
 
     # Parameters are gathered over the data-parallel group (collective), then written by one data
     # rank each, round robin, so that the writing is spread over the data-parallel ranks.
-    zero_state.link_optimizer_state(engine.optimizer)
+    opt_steps = zero_state.optimizer_steps(engine.optimizer)
+    with_moments = opt_steps > 0  # before the first step Adam has no state to save
+    if with_moments:
+        zero_state.link_optimizer_state(engine.optimizer)
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
     dp, dp_rank = ctx.layout.data, ctx.dp_rank
     for i, (name, p) in enumerate(engine.named_parameters()):
         value = zero_state.get_param(p)
-        moments = {m: zero_state.get_moment(engine.optimizer, p, m) for m in fmt.MOMENTS} if p.requires_grad else {}
-        if i % dp != dp_rank:
+        moments = {m: zero_state.get_moment(engine.optimizer, p, m) for m in fmt.MOMENTS} \
+            if p.requires_grad and with_moments else {}
+        dim = partition_dim(p)
+        if i % dp != dp_rank or (dim is None and ctx.tp_rank != 0):  # replicated: tensor rank 0 writes it
             continue
         tensors[name] = value.contiguous()
         for m, v in moments.items():
             if v is not None:
                 tensors[fmt.moment_key(name, m)] = v.contiguous()
-        dim = partition_dim(p)
         index[name] = {"file": fmt.rank_file(ctx.rank), "shape": list(value.shape), "partition_dim": dim,
                        "tp_rank": ctx.tp_rank if dim is not None else 0, "tp_size": ctx.layout.tensor if dim is not None else 1,
                        "moments": [m for m, v in moments.items() if v is not None], "trainable": p.requires_grad}
-    tensors["__rng__.cpu"] = torch.get_rng_state()
-    if torch.cuda.is_available() and ctx.device.type == "cuda":
-        tensors["__rng__.cuda"] = torch.cuda.get_rng_state(ctx.device)
-    path = tmp / fmt.rank_file(ctx.rank)
-    save_file(tensors, str(path), metadata={"format": fmt.FORMAT, "version": str(fmt.VERSION)})
-    size = path.stat().st_size
+    tensors[fmt.RNG_CPU] = torch.get_rng_state()
+    if ctx.device.type == "cuda":
+        tensors[fmt.RNG_CUDA] = torch.cuda.get_rng_state(ctx.device)
+    record = write_rank_file(tmp / fmt.rank_file(ctx.rank), tensors)
+    del tensors
 
     gathered = [None] * ctx.layout.world
-    dist.all_gather_object(gathered, (ctx.rank, size, index))
-    opt_steps = zero_state.optimizer_steps(engine.optimizer)
+    dist.all_gather_object(gathered, (ctx.rank, record, index))
     if ctx.rank == 0:
-        merged, files = {}, {}
-        for rank, nbytes, idx in gathered:
-            files[fmt.rank_file(rank)] = nbytes
-            for name, info in idx.items():
-                entry = merged.setdefault(name, {"shape": None, "partition_dim": info["partition_dim"],
-                                                 "moments": info["moments"], "trainable": info["trainable"],
-                                                 "pieces": []})
-                entry["pieces"].append({"file": info["file"], "tp_rank": info["tp_rank"], "tp_size": info["tp_size"],
-                                        "shape": info["shape"]})
-        for entry in merged.values():
-            entry["pieces"].sort(key=lambda x: x["tp_rank"])
-            shape = list(entry["pieces"][0]["shape"])
-            if entry["partition_dim"] is not None:
-                shape[entry["partition_dim"]] = sum(pc["shape"][entry["partition_dim"]] for pc in entry["pieces"])
-            entry["shape"] = shape
+        files, merged = merge_index(gathered)
         if tokenizer is not None:
             tokenizer.save_files(tmp)
         meta = {
             "format": fmt.FORMAT, "version": fmt.VERSION, "step": step, "optimizer_steps": opt_steps,
-            "trainer": trainer_state, "config": config,
+            "trainer": trainer_state, "config": redact(config),
             "layout": {"world": ctx.layout.world, "tensor": ctx.layout.tensor, "pipeline": ctx.layout.pipeline,
-                       "data": ctx.layout.data, "zero_stage": config.get("parallel", {}).get("zero_stage")},
-            "tokenizer": tokenizer.to_dict() if tokenizer is not None else None,
+                       "data": ctx.layout.data, "zero_stage": config.get("parallel", {}).get("zero_stage"),
+                       "precision": config.get("train", {}).get("precision")},
+            "rng": True,
+            "tokenizer": redact(tokenizer.to_dict()) if tokenizer is not None else None,
             "code": code_version(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "files": files, "tensors": dict(sorted(merged.items())),
+            "files": files, "tensors": merged,
         }
-        fmt.write_text_atomic(tmp / fmt.META, json.dumps(meta, indent=1))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving the same step (e.g. a signal right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fmt.write_text_atomic(root / fmt.LATEST, final.name + "\n")
-        _prune(root, keep_last, keep=(final.name, *keep))
-        logger.info("saved checkpoint %s (%.1f MB, %.1fs)", final, sum(files.values()) / 1e6, time.perf_counter() - t0)
+        publish(tmp, final, meta)
+        prune(root, keep_last, keep=(final.name, *keep))
+        logger.info("saved checkpoint %s (%.1f MB, %.1fs)", final,
+                    sum(r["bytes"] for r in files.values()) / 1e6, time.perf_counter() - t0)
     dist.barrier()
     return final
 
 
-def _fsync_dir(path: Path) -> None:
-    for f in path.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+def publish(tmp: Path, final: Path, meta: dict) -> None:
+    """meta.json last inside the temp dir, then rename the dir into place, then move `latest`."""
+    fmt.write_text_atomic(tmp / fmt.META, json.dumps(meta, indent=1))
+    fmt.fsync_dir(tmp)
+    if final.exists():  # re-saving the same step (e.g. after resuming from an older checkpoint)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fmt.fsync_dir(final.parent)
+    fmt.write_text_atomic(final.parent / fmt.LATEST, final.name + "\n")
 
 
-def _prune(root: Path, keep_last: int, keep: tuple[str, ...]) -> None:
+def prune(root: Path, keep_last: int, keep: tuple[str, ...] = ()) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints; never one named by `latest` or `best`."""
     if keep_last <= 0:
-        return
-    done = fmt.complete_checkpoints(root)
-    for old in done[:-keep_last]:
-        if old.name not in keep:
+        return []
+    protected = set(keep) | {name for p in fmt.POINTERS if (name := fmt.read_pointer(root, p))}
+    removed = []
+    for old in fmt.complete_checkpoints(root)[:-keep_last]:
+        if old.name not in protected:
             shutil.rmtree(old, ignore_errors=True)
+            removed.append(old)
+    return removed

@@ -49,7 +49,7 @@ class ModelConfig:
     init_std: float = 0.02
     """Std of the normal init; residual output projections use init_std/sqrt(2*n_layer)."""
     init_from: Optional[str] = None
-    """Start from these weights: a local Hugging Face directory (GPT-2 or Llama)."""
+    """Start from these weights: a local Hugging Face directory (GPT-2 or Llama). Its config.json sets the architecture keys; its tokenizer must match the data's."""
 
 
 @dataclass(kw_only=True)
@@ -117,7 +117,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward to save memory."""
     max_bad_steps: int = 5
-    """Stop after this many consecutive steps with a non-finite loss."""
+    """Steps with a non-finite loss or gradient are skipped (no update); after this many in a row the run saves and stops (0: never stop)."""
     peak_flops: Optional[float] = None
     """Dense peak FLOP/s of one device for MFU; null looks the device up (or measures the CPU)."""
 
@@ -147,7 +147,9 @@ class CheckpointConfig:
     keep_last: int = 2
     """Keep this many recent checkpoints (the `best` one is kept in addition); 0 keeps all."""
     fallback: bool = False
-    """If the latest checkpoint is corrupt, resume from the previous good one with a warning."""
+    """If the latest checkpoint is corrupt, move it aside (<name>.corrupt) and resume from the previous good one with a warning."""
+    verify: bool = True
+    """Check every checkpoint file's sha256 (recorded in meta.json) before resuming, spread over the ranks; false checks sizes only."""
 
 
 @dataclass(kw_only=True)

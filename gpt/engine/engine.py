@@ -52,8 +52,12 @@ class TrainEngine:
     def set_lr(self, lr: float) -> None:
         set_lr(self.ds.optimizer, lr)
 
-    def named_parameters(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
-        """This rank's parameters under their one-process names, each once (tied copies skipped)."""
+    def named_parameters(self, *, replicas: bool = False) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """This rank's parameters under their one-process names, each once (tied copies skipped).
+
+        replicas=True also yields a pipeline's second copy of tied weights (same name): loading must
+        set it too, or the last stage would keep computing with its initial weights.
+        """
         raise NotImplementedError
 
     def train_step(self, micro_batches: list[Batch]) -> StepResult:
@@ -74,7 +78,7 @@ class TrainEngine:
 
 
 class DenseEngine(TrainEngine):
-    def named_parameters(self):
+    def named_parameters(self, *, replicas: bool = False):
         yield from self.ds.module.named_parameters()
 
     def _micro_loss(self, b: Batch) -> torch.Tensor:
@@ -109,10 +113,10 @@ class DenseEngine(TrainEngine):
 
 
 class PipeEngine(TrainEngine):
-    def named_parameters(self):
+    def named_parameters(self, *, replicas: bool = False):
         n = self.cfg.model.n_layer
         for name, p in self.ds.module.named_parameters():
-            if not getattr(p, "ds_pipe_replicated", False):
+            if replicas or not getattr(p, "ds_pipe_replicated", False):
                 yield canonical_name(name, n), p
 
     @staticmethod

@@ -56,7 +56,10 @@ class NormTrackingAdamW(torch.optim.AdamW):
 
     Used only where DeepSpeed hands the step to the plain client optimizer (ZeRO 0 in fp32): there
     DeepSpeed neither reports the norm nor clips in a pipeline-aware way. DeepSpeed reads
-    `_global_grad_norm` after `step()`.
+    `_global_grad_norm` after `step()`, and `overflow`: a non-finite norm (a NaN/inf loss, or
+    gradients that overflowed) skips the update, as DeepSpeed's ZeRO and bf16 optimizers do, so the
+    weights, Adam moments and step count stay those of the last good step. The norm is reduced
+    over every rank that holds a part of the model, so all ranks skip together.
     """
 
     def __init__(self, params, *, max_norm: float, norm_fn, **kwargs):
@@ -64,14 +67,18 @@ class NormTrackingAdamW(torch.optim.AdamW):
         self.max_norm = max_norm
         self.norm_fn = norm_fn
         self._global_grad_norm = None
+        self.overflow = False
 
     @torch.no_grad()
     def step(self, closure=None):
         params = [p for g in self.param_groups for p in g["params"]]
         norm = self.norm_fn(params)
+        self._global_grad_norm = norm
+        self.overflow = not bool(torch.isfinite(norm))
+        if self.overflow:  # DeepSpeed zeroes the gradients after step() and counts the skip
+            return None
         if self.max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], self.max_norm, norm)
-        self._global_grad_norm = norm
         return super().step(closure)
 
 

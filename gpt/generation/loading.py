@@ -31,11 +31,10 @@ def model_config(meta: dict) -> ModelConfig:
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    ckpt = fmt.resolve(path)
+    ckpt = fmt.resolve(path)  # validated: sizes and sha256 of every file
     if ckpt is None:
         raise CheckpointError(f"no checkpoint under {path} (expected a run.dir with checkpoints/latest, or a checkpoint directory)")
     meta = fmt.read_meta(ckpt)
-    fmt.verify_files(ckpt, meta)
     if meta.get("tokenizer") is None:
         raise CheckpointError(f"{ckpt / fmt.META} records no tokenizer")
     tokenizer = tokenizer_from_dict(meta["tokenizer"], ckpt)

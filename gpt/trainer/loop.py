@@ -10,6 +10,7 @@ from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import TrainEngine
 from gpt.engine.optim import lr_at
+from gpt.errors import TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.progress import Progress
 from gpt.trainer.signals import StopRequest
@@ -76,6 +77,14 @@ def run_eval(s: Session) -> float:
     return val
 
 
+def is_bad(loss: float, skipped: bool, precision: str) -> bool:
+    """A step that failed: a non-finite loss, or an update DeepSpeed refused for non-finite gradients.
+
+    With fp16 a skipped update with a finite loss is the loss scaler's normal search, not a failure.
+    """
+    return not math.isfinite(loss) or (skipped and precision != "fp16")
+
+
 def train(s: Session, stop: StopRequest) -> TrainerState:
     cfg, st = s.cfg, s.state
     t = cfg.train
@@ -92,24 +101,37 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         t1 = time.perf_counter()
         result = s.engine.train_step(batches)
         dt = time.perf_counter() - t0
+        # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
         st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-        if result.skipped:
-            st.skipped_steps += 1
+        stopping, bad = stop.agreed(s.ctx.device, is_bad(result.loss, result.skipped, t.precision))
+        skipped = result.skipped or bad
+        st.skipped_steps += int(skipped)
+        st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
         record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
                   "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-                  "consumed_samples": st.consumed_samples, "skipped": result.skipped}
+                  "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps}
         _record(s, record)
         progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt)
+        if bad and s.ctx.is_logging_rank:
+            logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
+                           step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
+        diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
 
+        if stopping or diverged:
+            save(s)  # skipped updates changed nothing: this holds the last good weights and moments
+            if diverged:
+                raise TrainingError(
+                    f"the loss was not finite for {st.bad_steps_in_row} steps in a row (steps "
+                    f"{step - st.bad_steps_in_row + 1}-{step}, train.max_bad_steps={t.max_bad_steps}); their updates "
+                    f"were skipped and checkpoint step {step} holds the weights of step {step - st.bad_steps_in_row}. "
+                    f"Lower optim.lr or check the data, then re-run to resume")
+            logger.info("stopped by signal after step %d; checkpoint saved", step)
+            return st
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             run_eval(s)
-        stopping = stop.agreed(s.ctx.device)
-        if stopping or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+        if step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             save(s)
             saved_at = step
-        if stopping:
-            logger.info("stopped by signal after step %d; checkpoint saved", step)
-            break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
     return st

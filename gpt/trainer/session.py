@@ -9,16 +9,19 @@ from omegaconf import OmegaConf
 from gpt import log
 from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.load import load as load_checkpoint
+from gpt.checkpoint.load import load_weights
+from gpt.checkpoint.load import select as select_checkpoint
 from gpt.checkpoint.reader import check_architecture
+from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
 from gpt.data import build_loaders, load_tokenizer, read_metadata
 from gpt.engine.engine import build_engine
-from gpt.errors import ConfigError
+from gpt.errors import CheckpointError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
-from gpt.trainer.loop import Session, materialize_optimizer_state, train
+from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
@@ -34,22 +37,23 @@ def data_dir(cfg: TrainingConfig) -> Path:
 
 
 def config_dict(cfg: TrainingConfig) -> dict:
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    """The resolved config as saved in config.yaml, checkpoints and W&B: secrets from the environment redacted."""
+    return redact(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
 
 
-def _write_config(cfg: TrainingConfig, run_dir: Path) -> None:
+def _write_config(cdict: dict, run_dir: Path) -> None:
     from gpt.checkpoint.format import write_text_atomic
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cdict)))
 
 
 def pretrain(cfg: TrainingConfig) -> int:
+    if cfg.model.init_from:
+        prepare_init_from(cfg)
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
     meta = read_metadata(data_dir(cfg))
     shape = model_shape(cfg.model, meta["tokenizer"]["vocab_size"])
-    if cfg.model.init_from:
-        raise ConfigError("model.init_from is not supported yet")
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
     try:
@@ -57,6 +61,64 @@ def pretrain(cfg: TrainingConfig) -> int:
     finally:
         stop.restore()
         parallel.destroy()
+
+
+def prepare_init_from(cfg: TrainingConfig) -> None:
+    """model.init_from: take the architecture from the HF config (a fresh run) or from the run's own
+    checkpoint (a resume, which never needs the HF directory again), and check the tokenizer."""
+    from gpt.hf import init_from
+
+    for ckpt in ckpt_format.candidates(cfg.run.dir):
+        try:
+            saved = ckpt_format.read_meta(ckpt)["config"]["model"]
+        except CheckpointError:
+            continue  # damaged: the resume itself reports it (or falls back)
+        init_from.apply_architecture(cfg.model, {k: saved[k] for k in init_from.ARCHITECTURE_KEYS if k in saved},
+                                     str(ckpt))
+        return
+    directory = init_from.hf_dir(cfg.model.init_from)
+    init_from.apply_architecture(cfg.model, init_from.architecture(directory), str(directory / "config.json"))
+    init_from.check_tokenizer(directory, load_tokenizer(data_dir(cfg)), data_dir(cfg))
+
+
+def _resume(cfg: TrainingConfig, ctx, engine, shape, session_parts, cdict: dict, tokenizer) -> TrainerState:
+    """Load the run's checkpoint (any layout), or the init_from weights, or nothing; returns the state."""
+    run_dir = Path(cfg.run.dir)
+    selected = select_checkpoint(run_dir, ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
+    if selected is not None:
+        ckpt, meta = selected
+        check_architecture(meta, cdict["model"], ckpt)
+        check_tokenizer(meta, tokenizer, ckpt, data_dir(cfg))
+        state = TrainerState.from_dict(meta["trainer"])
+        state.bad_steps_in_row = 0  # a resume after a divergence gets train.max_bad_steps fresh tries
+        session = Session(cfg, cdict, engine, *session_parts, state, None, None)
+        load_checkpoint(engine, ckpt, meta=meta, materialize=lambda: materialize_optimizer_state(session))
+        if ctx.is_logging_rank:
+            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, state.step, state.consumed_samples)
+        return state
+    state = TrainerState()
+    if cfg.model.init_from:
+        from gpt.hf.init_from import weight_source
+
+        load_weights(engine, weight_source(Path(cfg.model.init_from), cfg.model, shape.padded_vocab))
+        # Step 0 in our format: the run is self-contained from here on (resumes never read the HF dir).
+        save(Session(cfg, cdict, engine, *session_parts, state, None, None))
+        if ctx.is_logging_rank:
+            logger.info("initialised from %s (saved as step 0)", cfg.model.init_from)
+    return state
+
+
+def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
+    """The shards' tokenizer must be the one the checkpoint was trained with (same ids for the same text)."""
+    saved = meta.get("tokenizer")
+    if saved is None:
+        return
+    ours = tokenizer.to_dict()
+    keys = (saved.keys() & ours.keys()) - {"source", "file"}
+    diff = sorted(k for k in keys if saved[k] != ours[k])
+    if diff:
+        raise CheckpointError(f"{ckpt} was trained with tokenizer {saved}, but the shards in {data_path} use "
+                              f"{ours} ({', '.join(diff)} differ); use data with the run's tokenizer or a new run.dir")
 
 
 def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
@@ -71,18 +133,9 @@ def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
     engine = build_engine(cfg, ctx, shape)
     cdict = config_dict(cfg)
 
-    ckpt = ckpt_format.resolve(run_dir)
-    state = TrainerState()
-    if ckpt is not None:
-        meta = ckpt_format.read_meta(ckpt)
-        check_architecture(meta, cdict["model"], ckpt)
-        state = TrainerState.from_dict(meta["trainer"])
-        session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, None, None)
-        load_checkpoint(engine, ckpt, materialize=lambda: materialize_optimizer_state(session))
-        if ctx.is_logging_rank:
-            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, state.step, state.consumed_samples)
+    state = _resume(cfg, ctx, engine, shape, (train_data, val_data, tokenizer), cdict, tokenizer)
     if ctx.is_logging_rank:
-        _write_config(cfg, run_dir)
+        _write_config(cdict, run_dir)
         _report(cfg, ctx, shape, engine)
     metrics = MetricsLog(run_dir, enabled=ctx.is_logging_rank, resume_step=state.step)
     wandb = WandbSink(cfg.logging.wandb, enabled=ctx.is_logging_rank, run_dir=run_dir, config=cdict,

@@ -31,13 +31,21 @@ class StopRequest:
             logger.warning("received %s: finishing this step, then saving and exiting", signal.Signals(signum).name)
         self.signum = signum
 
-    def agreed(self, device) -> bool:
-        """True on every rank if any rank received a signal (collective)."""
-        flag = torch.tensor([1 if self.signum else 0], dtype=torch.int32, device=device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def agreed(self, device, *flags: bool) -> tuple[bool, ...]:
+        """(signal received, *flags), each True on every rank if it is True on any rank (collective).
+
+        Other per-step decisions that every rank must take together ride on the same all-reduce.
+        """
+        return any_rank(device, bool(self.signum), *flags)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def any_rank(device, *flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over all ranks (one all-reduce of a few integers)."""
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(x) for x in t.tolist())

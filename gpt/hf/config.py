@@ -1,0 +1,117 @@
+"""config.json of a `transformers` model <-> our `model.*` keys.
+
+A model is exported by what it *is*, not by its preset name: LayerNorm + learned positions + GELU
+(tanh) + biases + full multi-head attention is GPT-2 (`GPT2LMHeadModel`); RMSNorm + RoPE + SwiGLU is
+Llama (`LlamaForCausalLM`, grouped-query attention and biases included). Anything else has no
+`transformers` class with the same maths, and saying so is better than exporting something that
+computes a different function.
+"""
+
+from pathlib import Path
+
+from gpt.config.validate import ffn_hidden as default_ffn_hidden
+from gpt.errors import CheckpointError, ConfigError
+
+GPT2, LLAMA = "gpt2", "llama"
+ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
+# HF names for the tanh-approximate GELU our GPT-2 MLP uses.
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+
+
+class _Fields:
+    """Attribute access over a ModelConfig or the `model` dict saved in a checkpoint."""
+
+    def __init__(self, m):
+        self._m = m
+
+    def __getattr__(self, key):
+        return self._m[key] if isinstance(self._m, dict) else getattr(self._m, key)
+
+
+def family(m) -> str:
+    """gpt2 | llama for a ModelConfig (or its dict); CheckpointError naming what does not fit either."""
+    f = _Fields(m)
+    kv = f.n_kv_head or f.n_head
+    if (f.norm, f.position, f.activation) == ("rmsnorm", "rope", "swiglu"):
+        return LLAMA
+    if (f.norm, f.position, f.activation) == ("layernorm", "learned", "gelu"):
+        if not f.bias:
+            raise CheckpointError("model.bias=false with GPT-2's layernorm/learned/gelu has no Hugging Face class "
+                                  "(GPT2LMHeadModel always has biases)")
+        if kv != f.n_head:
+            raise CheckpointError(f"model.n_kv_head={kv} < model.n_head={f.n_head} (grouped-query attention) has no "
+                                  f"GPT-2 equivalent; use the Llama architecture (rmsnorm/rope/swiglu) for it")
+        return GPT2
+    raise CheckpointError(f"model.norm={f.norm}, model.position={f.position}, model.activation={f.activation} has no "
+                          f"Hugging Face class: GPT-2 is layernorm/learned/gelu, Llama is rmsnorm/rope/swiglu")
+
+
+def to_hf_config(m, *, vocab_size: int, eos_id: int, bos_id: int | None, dtype: str = "float32") -> dict:
+    """The config.json for model fields `m` whose (unpadded) vocabulary has `vocab_size` rows."""
+    f = _Fields(m)
+    fam = family(m)
+    common = {"architectures": [ARCHITECTURES[fam]], "model_type": fam, "vocab_size": vocab_size,
+              "tie_word_embeddings": bool(f.tie_embeddings), "eos_token_id": eos_id,
+              "bos_token_id": eos_id if bos_id is None else bos_id, "torch_dtype": dtype, "use_cache": True,
+              "initializer_range": f.init_std}
+    hidden = f.ffn_hidden or default_ffn_hidden(f)
+    if fam == GPT2:
+        return {**common, "n_layer": f.n_layer, "n_head": f.n_head, "n_embd": f.n_embd,
+                "n_positions": f.max_seq_len, "n_inner": hidden, "activation_function": "gelu_new",
+                "layer_norm_epsilon": f.norm_eps, "resid_pdrop": f.dropout, "embd_pdrop": f.dropout,
+                "attn_pdrop": f.dropout, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                "reorder_and_upcast_attn": False}
+    return {**common, "num_hidden_layers": f.n_layer, "num_attention_heads": f.n_head,
+            "num_key_value_heads": f.n_kv_head or f.n_head, "hidden_size": f.n_embd,
+            "head_dim": f.n_embd // f.n_head, "intermediate_size": hidden, "hidden_act": "silu",
+            "max_position_embeddings": f.max_seq_len, "rms_norm_eps": f.norm_eps,
+            # transformers >= 5 reads rope_parameters, 4.x reads rope_theta: write both.
+            "rope_theta": f.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": f.rope_theta},
+            "attention_bias": bool(f.bias), "mlp_bias": bool(f.bias), "attention_dropout": f.dropout,
+            "pretraining_tp": 1}
+
+
+def _need(cfg: dict, key: str, where: Path):
+    if key not in cfg:
+        raise ConfigError(f"{where} has no {key!r}; it is not a complete {cfg.get('model_type')} config")
+    return cfg[key]
+
+
+def from_hf_config(cfg: dict, where: Path) -> dict:
+    """The `model.*` architecture keys equivalent to an HF config.json (GPT-2 or Llama)."""
+    kind = cfg.get("model_type")
+    if kind == GPT2:
+        act = cfg.get("activation_function", "gelu_new")
+        if act not in TANH_GELU:
+            raise ConfigError(f"{where}: activation_function={act!r}; gpt can only load GPT-2 models with the tanh "
+                              f"GELU ({', '.join(TANH_GELU)})")
+        if not cfg.get("scale_attn_weights", True) or cfg.get("scale_attn_by_inverse_layer_idx", False):
+            raise ConfigError(f"{where}: GPT-2 attention scaling other than 1/sqrt(head size) is not supported")
+        n_embd = _need(cfg, "n_embd", where)
+        return {"n_layer": _need(cfg, "n_layer", where), "n_head": _need(cfg, "n_head", where), "n_kv_head": None,
+                "n_embd": n_embd, "ffn_hidden": cfg.get("n_inner") or 4 * n_embd,
+                "max_seq_len": _need(cfg, "n_positions", where), "vocab_size": _need(cfg, "vocab_size", where),
+                "bias": True, "norm": "layernorm", "norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
+                "activation": "gelu", "position": "learned", "tie_embeddings": cfg.get("tie_word_embeddings", True)}
+    if kind == LLAMA:
+        n_embd, n_head = _need(cfg, "hidden_size", where), _need(cfg, "num_attention_heads", where)
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"{where}: hidden_act={cfg.get('hidden_act')!r}; only silu (SwiGLU) Llama models are supported")
+        if cfg.get("head_dim") not in (None, n_embd // n_head):
+            raise ConfigError(f"{where}: head_dim={cfg['head_dim']} differs from hidden_size/num_attention_heads="
+                              f"{n_embd // n_head}, which gpt's attention assumes")
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type != "default":
+            raise ConfigError(f"{where}: rope_type={rope_type!r} (RoPE scaling) is not supported; only plain RoPE is")
+        if bool(cfg.get("attention_bias", False)) != bool(cfg.get("mlp_bias", False)):
+            raise ConfigError(f"{where}: attention_bias and mlp_bias differ; gpt's model.bias covers both")
+        return {"n_layer": _need(cfg, "num_hidden_layers", where), "n_head": n_head,
+                "n_kv_head": cfg.get("num_key_value_heads") or n_head, "n_embd": n_embd,
+                "ffn_hidden": _need(cfg, "intermediate_size", where),
+                "max_seq_len": _need(cfg, "max_position_embeddings", where),
+                "vocab_size": _need(cfg, "vocab_size", where), "bias": bool(cfg.get("attention_bias", False)),
+                "norm": "rmsnorm", "norm_eps": cfg.get("rms_norm_eps", 1e-6), "activation": "swiglu",
+                "position": "rope", "rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+                "tie_embeddings": cfg.get("tie_word_embeddings", False)}
+    raise ConfigError(f"{where}: model_type={kind!r}; model.init_from loads gpt2 and llama models")
