@@ -78,6 +78,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_readable(path: Path) -> None:
+    """safetensors creates files readable by their owner only; give them the umask's usual mode."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

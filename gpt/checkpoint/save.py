@@ -42,6 +42,7 @@ def partition_dim(p) -> int | None:
 def write_rank_file(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
     """Write one safetensors file durably; returns its meta.json record (bytes, sha256)."""
     save_file(tensors, str(path), metadata={"format": fmt.FORMAT, "version": str(fmt.VERSION)})
+    fmt.make_readable(path)
     with open(path, "rb") as f:
         os.fsync(f.fileno())
     return {"bytes": path.stat().st_size, "sha256": fmt.sha256(path)}

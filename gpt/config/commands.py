@@ -66,3 +66,37 @@ class GenerateConfig:
     """auto | cpu | cuda."""
     stop: List[str] = field(default_factory=list)
     """Stop when any of these strings appears in the generated text."""
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """What gpt-export composes from conf/export.yaml."""
+
+    checkpoint: Optional[str] = None
+    """A run.dir (its latest checkpoint) or one checkpoint directory, of any parallel layout."""
+    output: Optional[str] = None
+    """Directory to write the exported model into (created; written beside it and renamed into place)."""
+    format: str = "hf"
+    """hf: a Hugging Face transformers directory (GPT2LMHeadModel or LlamaForCausalLM, safetensors, fast tokenizer)."""
+    dtype: str = "fp32"
+    """fp32 | bf16 | fp16: the dtype of the exported weights (checkpoints hold fp32)."""
+    overwrite: bool = False
+    """Replace an existing non-empty output directory."""
+
+
+@dataclass(kw_only=True)
+class CheckpointToolConfig:
+    """What gpt-checkpoint composes from conf/checkpoint.yaml."""
+
+    command: Optional[str] = None
+    """inspect (print a summary) | verify (check every file's sha256 and tensor index) | convert (re-split for another tensor size)."""
+    checkpoint: Optional[str] = None
+    """A run.dir (its latest checkpoint) or one checkpoint directory."""
+    output: Optional[str] = None
+    """convert: the checkpoint directory to write (any checkpoint loads at any layout; this only pre-splits the files)."""
+    tensor: int = 1
+    """convert: tensor-parallel size the output's files are split for (one file per tensor rank)."""
+    weights_only: bool = False
+    """convert: leave out the Adam moments (a smaller checkpoint for inference, export or a fresh fine-tune)."""
+    overwrite: bool = False
+    """convert: replace an existing output directory."""

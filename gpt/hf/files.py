@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from gpt.checkpoint.format import make_readable
 from gpt.errors import ConfigError
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -86,11 +87,13 @@ def write_weights(tensors: dict[str, torch.Tensor], directory: Path, *, max_shar
     meta = {"format": "pt"}
     if len(shards) == 1:
         save_file(shards[0], str(directory / SAFETENSORS), metadata=meta)
+        make_readable(directory / SAFETENSORS)
         return [SAFETENSORS]
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {}
     for name, shard in zip(names, shards):
         save_file(shard, str(directory / name), metadata=meta)
+        make_readable(directory / name)
         weight_map.update({k: name for k in shard})
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (directory / SAFETENSORS_INDEX).write_text(json.dumps({"metadata": {"total_size": total},

@@ -43,8 +43,8 @@ def read_config(directory: Path) -> dict:
 
 
 def architecture(directory: Path) -> dict:
-    """The `model.*` keys the HF config implies."""
-    return from_hf_config(read_config(directory), directory / "config.json")
+    """The `model.*` keys the HF config implies (and the directory's name as model.name)."""
+    return {"name": directory.resolve().name, **from_hf_config(read_config(directory), directory / "config.json")}
 
 
 def apply_architecture(model_cfg, fields: dict, source: str) -> list[str]:
