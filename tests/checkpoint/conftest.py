@@ -40,4 +40,4 @@ def saved_run(shards, tmp_path_factory):
                                                      "checkpoint.keep_last=0",
                                                      "logging.wandb.entity=${oc.env:WANDB_API_KEY}"),
                       env=env, check=True)
-    return run, proc.stdout + proc.stderr
+    return run, proc.stdout + proc.stderr, SECRET
