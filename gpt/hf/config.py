@@ -78,7 +78,8 @@ def _need(cfg: dict, key: str, where: Path):
 
 
 def from_hf_config(cfg: dict, where: Path) -> dict:
-    """The `model.*` architecture keys equivalent to an HF config.json (GPT-2 or Llama)."""
+    """The `model.*` keys equivalent to an HF config.json (GPT-2 or Llama): the architecture, and
+    init_std (initializer_range) so that an export of the result writes the same config.json."""
     kind = cfg.get("model_type")
     if kind == GPT2:
         act = cfg.get("activation_function", "gelu_new")
@@ -92,7 +93,8 @@ def from_hf_config(cfg: dict, where: Path) -> dict:
                 "n_embd": n_embd, "ffn_hidden": cfg.get("n_inner") or 4 * n_embd,
                 "max_seq_len": _need(cfg, "n_positions", where), "vocab_size": _need(cfg, "vocab_size", where),
                 "bias": True, "norm": "layernorm", "norm_eps": cfg.get("layer_norm_epsilon", 1e-5),
-                "activation": "gelu", "position": "learned", "tie_embeddings": cfg.get("tie_word_embeddings", True)}
+                "activation": "gelu", "position": "learned", "tie_embeddings": cfg.get("tie_word_embeddings", True),
+                "init_std": cfg.get("initializer_range", 0.02)}
     if kind == LLAMA:
         n_embd, n_head = _need(cfg, "hidden_size", where), _need(cfg, "num_attention_heads", where)
         if cfg.get("hidden_act", "silu") != "silu":
@@ -113,5 +115,5 @@ def from_hf_config(cfg: dict, where: Path) -> dict:
                 "vocab_size": _need(cfg, "vocab_size", where), "bias": bool(cfg.get("attention_bias", False)),
                 "norm": "rmsnorm", "norm_eps": cfg.get("rms_norm_eps", 1e-6), "activation": "swiglu",
                 "position": "rope", "rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
-                "tie_embeddings": cfg.get("tie_word_embeddings", False)}
+                "tie_embeddings": cfg.get("tie_word_embeddings", False), "init_std": cfg.get("initializer_range", 0.02)}
     raise ConfigError(f"{where}: model_type={kind!r}; model.init_from loads gpt2 and llama models")

@@ -52,7 +52,7 @@ def _wait_for_steps(run: Path, n: int, proc: subprocess.Popen, timeout: float = 
     raise AssertionError(f"the run did not reach step {n} (exit {proc.poll()})")
 
 
-@pytest.mark.parametrize("sig, ranks", [(signal.SIGUSR1, (1,)), (signal.SIGTERM, (0, 1))])
+@pytest.mark.parametrize("sig, ranks", [(signal.SIGUSR1, (1,)), (signal.SIGTERM, (0, 1))], ids=["usr1-one-rank", "term-all-ranks"])
 def test_signal_saves_on_every_rank_and_the_run_continues(shards, tmp_path, sig, ranks):
     run = tmp_path / "run"
     proc = _start(shards, run)
