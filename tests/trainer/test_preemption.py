@@ -52,8 +52,9 @@ def _wait_for_steps(run: Path, n: int, proc: subprocess.Popen, timeout: float = 
     raise AssertionError(f"the run did not reach step {n} (exit {proc.poll()})")
 
 
-@pytest.mark.parametrize("sig, ranks", [(signal.SIGUSR1, (1,)), (signal.SIGTERM, (0, 1))], ids=["usr1-one-rank", "term-all-ranks"])
-def test_signal_saves_on_every_rank_and_the_run_continues(shards, tmp_path, sig, ranks):
+@pytest.mark.parametrize("sig, ranks, requeue", [(signal.SIGUSR1, (1,), True), (signal.SIGTERM, (0, 1), False)],
+                         ids=["usr1-one-rank-requeued", "term-all-ranks"])
+def test_signal_saves_on_every_rank_and_the_run_continues(shards, tmp_path, sig, ranks, requeue):
     run = tmp_path / "run"
     proc = _start(shards, run)
     try:
@@ -73,6 +74,8 @@ def test_signal_saves_on_every_rank_and_the_run_continues(shards, tmp_path, sig,
     stopped = steps[-1]["step"]
     ckpt = fmt.resolve(run)
     assert fmt.read_meta(ckpt)["step"] == stopped >= 3 and len(fmt.read_meta(ckpt)["files"]) == 2
+    if not requeue:
+        return
     # Requeued, the same command continues right after the saved step (stop_at only ends the test).
     torchrun(2, "gpt.pretrain", tiny_overrides(shards, run, "train.steps=100000", "eval.every=0",
                                                f"train.stop_at={stopped + 2}"))
