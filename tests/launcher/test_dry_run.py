@@ -1,31 +1,18 @@
 """`python -m launcher --dry-run`: the derived layout and the exact command; refusals in one line."""
 
-import os
 import re
 import shlex
 import subprocess
 import sys
 
 import pytest
-from helpers import REPO, run_module
-from test_environment import slurm_step
+from helpers import REPO, launch_env, run_module
+from slurm_env import slurm_step
 
 from launcher.environment import port_for_job
 
-LAUNCH_VARS = ("SLURM_", "PET_", "GPT_NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT",
-               "WORLD_SIZE", "RANK", "LOCAL_RANK")
-
-
-def env_with(**variables) -> dict:
-    """This machine's environment without anything that says where we run, plus `variables`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(LAUNCH_VARS)}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(variables)
-    return env
-
-
 def launcher(args, **variables) -> subprocess.CompletedProcess:
-    return run_module("launcher", args, env=env_with(**variables), timeout=120)
+    return run_module("launcher", args, env=launch_env(**variables), timeout=120)
 
 
 def lines(text: str) -> dict:
@@ -70,7 +57,7 @@ def test_print_run_dir_is_absolute():
 def test_dry_run_imports_neither_torch_nor_deepspeed():
     code = ("import sys; from launcher.cli import launch; rc = launch(['--dry-run', 'pretrain']); "
             "print(rc, sorted(m for m in ('torch', 'deepspeed', 'megatron') if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_with(), cwd=REPO,
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=launch_env(), cwd=REPO,
                           timeout=120)
     assert proc.stdout.splitlines()[-1] == "0 []", proc.stderr
 
