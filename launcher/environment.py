@@ -17,7 +17,7 @@ one per visible GPU, else 1 (CPU).
 """
 
 from dataclasses import dataclass, replace
-from typing import Mapping, Optional
+from typing import Literal, Mapping, Optional
 
 from gpt.errors import ConfigError
 from launcher import hostlist
@@ -42,8 +42,8 @@ class Pinned:
 class Placement:
     """One node's view of a job: what this launcher must start and whom it meets."""
 
-    source: str
-    """slurm | torchrun env | local: where nodes and node rank came from."""
+    source: Literal["slurm", "torchrun env", "local"]
+    """Where nodes and node rank came from."""
     nnodes: int
     node_rank: int
     nproc_per_node: int

@@ -41,12 +41,9 @@ def run(argv: Sequence[str], env: Mapping[str, str], *, under_slurm: bool) -> in
     signal.signal(RANK_STOP_SIGNAL, signal.SIG_IGN)  # inherited by torchrun and, through it, the ranks
     try:
         proc = subprocess.Popen(list(argv), env=dict(env), process_group=0)
-    finally:
-        signal.signal(RANK_STOP_SIGNAL, previous[RANK_STOP_SIGNAL])
-    stop = _StopForwarder(proc)
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, stop.handle)
-    try:
+        stop = _StopForwarder(proc)
+        for sig in STOP_SIGNALS:  # until here a SIGUSR1 to the launcher was ignored, never fatal
+            signal.signal(sig, stop.handle)
         while True:
             try:
                 rc = proc.wait(timeout=RESEND_EVERY_S)
