@@ -36,6 +36,10 @@ class Session:
     def ctx(self):
         return self.engine.ctx
 
+    def close(self) -> None:
+        self.metrics.close()
+        self.wandb.finish()
+
 
 def evaluate(s: Session) -> float:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
@@ -76,31 +80,37 @@ def run_eval(s: Session) -> float:
     return val
 
 
+def train_step(s: Session) -> dict:
+    """One optimizer step: set the LR, fetch this rank's micro-batches, step, record metrics."""
+    cfg, st, t = s.cfg, s.state, s.cfg.train
+    step = st.step + 1
+    lr = lr_at(step, cfg.optim, t.steps)
+    s.engine.set_lr(lr)
+    t0 = time.perf_counter()
+    batches = s.train_data.global_batch(st.consumed_samples)
+    t1 = time.perf_counter()
+    result = s.engine.train_step(batches)
+    dt = time.perf_counter() - t0
+    st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
+    if result.skipped:
+        st.skipped_steps += 1
+    record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
+              "consumed_samples": st.consumed_samples, "skipped": result.skipped}
+    _record(s, record)
+    return record
+
+
 def train(s: Session, stop: StopRequest) -> TrainerState:
     cfg, st = s.cfg, s.state
     t = cfg.train
-    tokens_per_step = t.global_batch_size * t.seq_len
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
     while st.step < last:
-        step = st.step + 1
-        lr = lr_at(step, cfg.optim, t.steps)
-        s.engine.set_lr(lr)
-        t0 = time.perf_counter()
-        batches = s.train_data.global_batch(st.consumed_samples)
-        t1 = time.perf_counter()
-        result = s.engine.train_step(batches)
-        dt = time.perf_counter() - t0
-        st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-        if result.skipped:
-            st.skipped_steps += 1
-        record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                  "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-                  "consumed_samples": st.consumed_samples, "skipped": result.skipped}
-        _record(s, record)
-        progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt)
-
+        record = train_step(s)
+        step = record["step"]
+        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             run_eval(s)
         stopping = stop.agreed(s.ctx.device)
