@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 
 from gpt import log
+from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.save import save as save_checkpoint
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
@@ -49,8 +50,10 @@ def evaluate(s: Session) -> float:
 
 
 def save(s: Session) -> None:
+    best = s.state.best_step
     save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last)
+                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                    keep=(ckpt_format.step_dir_name(best),) if best else ())
 
 
 def materialize_optimizer_state(s: Session) -> None:
@@ -111,14 +114,25 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         record = train_step(s)
         step = record["step"]
         progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
+        improved = early_stop = False
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             run_eval(s)
+            patience = cfg.eval.early_stopping.patience
+            improved = bool(patience) and st.best_step == step  # keep the best as `best` when early stopping
+            early_stop = bool(patience) and st.evals_without_improvement >= patience
         stopping = stop.agreed(s.ctx.device)
-        if stopping or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+        if (stopping or early_stop or improved or step == last
+                or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)):
             save(s)
             saved_at = step
+            if improved and s.ctx.is_logging_rank:
+                ckpt_format.write_pointer(cfg.run.dir, ckpt_format.BEST, step)
         if stopping:
             logger.info("stopped by signal after step %d; checkpoint saved", step)
+            break
+        if early_stop:
+            logger.info("early stopping after step %d: no improvement over val loss %.4f (step %d) for %d evaluations",
+                        step, st.best_val_loss, st.best_step, st.evals_without_improvement)
             break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
