@@ -9,8 +9,9 @@ SIGTERM/SIGINT handling kills the ranks 30 s later whatever they are doing. So:
   `scancel --signal=USR1` sends it) leaves torchrun alone and reaches the ranks, which install their
   handler (gpt/trainer/signals.py: finish the step, save, exit 0) and ignore it until then.
 - SIGUSR1, SIGTERM (Kubernetes stops a container with SIGTERM to PID 1) or a first Ctrl-C reaching
-  the launcher are forwarded to the ranks (torchrun's children) as SIGUSR1, again every few seconds
-  until torchrun exits, so a signal that arrives while the ranks still start is not lost.
+  the launcher are forwarded to the ranks (torchrun's children) as SIGUSR1, once to each rank, as
+  soon as it catches SIGUSR1 (its handler shows in /proc/<pid>/status), so a signal that arrives
+  while the ranks still start is held back, not lost, and the launcher interrupts each rank once.
   A second Ctrl-C goes to torchrun as SIGINT: stop now, without saving.
 - torchrun runs in its own process group, so a terminal's Ctrl-C reaches the launcher only.
 
@@ -29,7 +30,7 @@ from typing import Mapping, Sequence
 
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 RANK_STOP_SIGNAL = signal.SIGUSR1
-RESEND_EVERY_S = 2.0
+POLL_S = 2.0
 
 
 def say(message: str) -> None:
@@ -37,20 +38,19 @@ def say(message: str) -> None:
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], *, under_slurm: bool) -> int:
-    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
-    signal.signal(RANK_STOP_SIGNAL, signal.SIG_IGN)  # inherited by torchrun and, through it, the ranks
+    stop = _StopForwarder()
+    previous = {sig: signal.signal(sig, stop.handle) for sig in STOP_SIGNALS}  # before torchrun exists: no gap
     try:
-        proc = subprocess.Popen(list(argv), env=dict(env), process_group=0)
-        stop = _StopForwarder(proc)
-        for sig in STOP_SIGNALS:  # until here a SIGUSR1 to the launcher was ignored, never fatal
-            signal.signal(sig, stop.handle)
+        proc = subprocess.Popen(list(argv), env=dict(env), process_group=0, preexec_fn=_ignore_rank_stop_signal)
+        stop.torchrun = proc
         while True:
+            if stop.signum:
+                stop.forward()
             try:
-                rc = proc.wait(timeout=RESEND_EVERY_S)
+                rc = proc.wait(timeout=POLL_S)
                 break
             except subprocess.TimeoutExpired:
-                if stop.signum:
-                    stop.forward()
+                pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -63,18 +63,24 @@ def run(argv: Sequence[str], env: Mapping[str, str], *, under_slurm: bool) -> in
     return rc
 
 
+def _ignore_rank_stop_signal() -> None:
+    """In the child, before exec: torchrun (and, inheriting it, the ranks until their handler) ignores SIGUSR1."""
+    signal.signal(RANK_STOP_SIGNAL, signal.SIG_IGN)
+
+
 class _StopForwarder:
     """Remembers the first stop signal and passes it to the ranks (torchrun's children)."""
 
-    def __init__(self, torchrun: subprocess.Popen):
-        self.torchrun = torchrun
+    def __init__(self):
+        self.torchrun: subprocess.Popen | None = None
         self.signum = 0
         self.interrupts = 0
+        self.told: set[int] = set()
 
     def handle(self, signum, frame) -> None:
         if signum == signal.SIGINT:
             self.interrupts += 1
-            if self.interrupts > 1:
+            if self.interrupts > 1 and self.torchrun is not None:
                 say("second Ctrl-C: stopping torchrun now, without saving")
                 _kill(self.torchrun.pid, signal.SIGINT)
                 return
@@ -85,8 +91,12 @@ class _StopForwarder:
         self.forward()
 
     def forward(self) -> None:
+        if self.torchrun is None:
+            return  # run() forwards as soon as torchrun exists
         for pid in children(self.torchrun.pid):
-            _kill(pid, RANK_STOP_SIGNAL)
+            if pid not in self.told and catches(pid, RANK_STOP_SIGNAL):
+                _kill(pid, RANK_STOP_SIGNAL)
+                self.told.add(pid)
 
 
 def children(pid: int) -> list[int]:
@@ -100,6 +110,17 @@ def children(pid: int) -> list[int]:
         if len(fields) > 1 and fields[1] == str(pid):
             found.append(int(stat.parent.name))
     return found
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether `pid` has a handler installed for `sig` (the SigCgt mask of /proc/<pid>/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _kill(pid: int, sig: int) -> None:
