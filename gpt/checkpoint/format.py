@@ -114,14 +114,17 @@ def read_pointer(root: Path, pointer: str) -> str | None:
 def candidates(path: str | Path) -> list[Path]:
     """Checkpoints to try for a resume from `path`, best first; [] when there is none yet.
 
-    `path` is a run.dir, its checkpoints/ dir, or one checkpoint dir. The `latest` pointer comes
-    first; then the other complete checkpoints, newest first (used only with checkpoint.fallback).
-    A run whose `latest` is missing (a crash between renaming a checkpoint into place and writing the
-    pointer) starts from its newest complete checkpoint.
+    `path` is a run.dir, its checkpoints/ dir, one checkpoint dir, or a pointer file
+    (`checkpoints/latest`, `checkpoints/best`). For a run the `latest` pointer comes first; then the
+    other complete checkpoints, newest first (used only with checkpoint.fallback). A run whose
+    `latest` is missing (a crash between renaming a checkpoint into place and writing the pointer)
+    starts from its newest complete checkpoint.
     """
     path = Path(path)
     if (path / META).is_file() or step_of(path) is not None:
         return [path]
+    if path.is_file():
+        return [_follow(path)]
     root = path if path.name == "checkpoints" else checkpoints_dir(path)
     done = complete_checkpoints(root)[::-1]
     name = read_pointer(root, LATEST)
@@ -132,12 +135,26 @@ def candidates(path: str | Path) -> list[Path]:
 
 
 def resolve(path: str | Path, *, verify: bool = True) -> Path | None:
-    """The checkpoint to load from a run.dir / checkpoints dir / checkpoint dir (None: none yet), validated."""
+    """The checkpoint to load from a run.dir, checkpoints dir, checkpoint dir or pointer file (None:
+    the run has no checkpoint yet), validated."""
     found = candidates(path)
     if not found:
         return None
     validate(found[0], verify=verify)
     return found[0]
+
+
+def _follow(pointer: Path) -> Path:
+    name = pointer.read_text().strip()
+    target = pointer.parent / name
+    if not (target / META).is_file():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint; "
+                              f"delete {pointer} to start over or point it at a directory listed in {pointer.parent}")
+    return target
+
+
+def write_pointer(run_dir: str | Path, pointer: str, step: int) -> None:
+    write_text_atomic(checkpoints_dir(run_dir) / pointer, step_dir_name(step) + "\n")
 
 
 def read_meta(ckpt: Path) -> dict:

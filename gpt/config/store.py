@@ -2,13 +2,14 @@
 
 from hydra.core.config_store import ConfigStore
 
-from gpt.config.commands import CheckpointToolConfig, ExportConfig, GenerateConfig, PreprocessConfig
+from gpt.config.commands import CheckpointToolConfig, EvaluateConfig, ExportConfig, GenerateConfig, PreprocessConfig
 from gpt.config.training import TrainingConfig
 
 SCHEMAS = {
     "pretrain_schema": TrainingConfig,
     "preprocess_schema": PreprocessConfig,
     "generate_schema": GenerateConfig,
+    "eval_schema": EvaluateConfig,
     "export_schema": ExportConfig,
     "checkpoint_schema": CheckpointToolConfig,
 }

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 
 from gpt import log
+from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.save import save as save_checkpoint
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
@@ -37,6 +38,10 @@ class Session:
     def ctx(self):
         return self.engine.ctx
 
+    def close(self) -> None:
+        self.metrics.close()
+        self.wandb.finish()
+
 
 def evaluate(s: Session) -> float:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
@@ -46,8 +51,10 @@ def evaluate(s: Session) -> float:
 
 
 def save(s: Session) -> None:
+    best = s.state.best_step
     save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last)
+                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                    keep=(ckpt_format.step_dir_name(best),) if best else ())
 
 
 def materialize_optimizer_state(s: Session) -> None:
@@ -85,39 +92,48 @@ def is_bad(loss: float, skipped: bool, precision: str) -> bool:
     return not math.isfinite(loss) or (skipped and precision != "fp16")
 
 
+def train_step(s: Session) -> dict:
+    """One optimizer step: set the LR, fetch this rank's micro-batches, step, record metrics."""
+    cfg, st, t = s.cfg, s.state, s.cfg.train
+    step = st.step + 1
+    lr = lr_at(step, cfg.optim, t.steps)
+    s.engine.set_lr(lr)
+    t0 = time.perf_counter()
+    batches = s.train_data.global_batch(st.consumed_samples)
+    t1 = time.perf_counter()
+    result = s.engine.train_step(batches)
+    dt = time.perf_counter() - t0
+    # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
+    st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
+    # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
+    # same skip decision (DeepSpeed reduces its overflow check), so this is the same everywhere.
+    bad = is_bad(result.loss, result.skipped, t.precision)
+    skipped = result.skipped or bad
+    st.skipped_steps += int(skipped)
+    st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
+    record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
+              "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps}
+    _record(s, record)
+    if bad and s.ctx.is_logging_rank:
+        logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
+                       step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
+    return record
+
+
 def train(s: Session, stop: StopRequest) -> TrainerState:
     cfg, st = s.cfg, s.state
     t = cfg.train
-    tokens_per_step = t.global_batch_size * t.seq_len
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
     while st.step < last:
-        step = st.step + 1
-        lr = lr_at(step, cfg.optim, t.steps)
-        s.engine.set_lr(lr)
-        t0 = time.perf_counter()
-        batches = s.train_data.global_batch(st.consumed_samples)
-        t1 = time.perf_counter()
-        result = s.engine.train_step(batches)
-        dt = time.perf_counter() - t0
-        # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
-        st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-        stopping, bad = stop.agreed(s.ctx.device, is_bad(result.loss, result.skipped, t.precision))
-        skipped = result.skipped or bad
-        st.skipped_steps += int(skipped)
-        st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
-        record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                  "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-                  "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps}
-        _record(s, record)
-        progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt)
-        if bad and s.ctx.is_logging_rank:
-            logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
-                           step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
+        record = train_step(s)
+        step = record["step"]
+        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
-
-        if stopping or diverged:
+        stopping, diverged = stop.agreed(s.ctx.device, diverged)
+        if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
             if diverged:
                 raise TrainingError(
@@ -127,11 +143,21 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
                     f"Lower optim.lr or check the data, then re-run to resume")
             logger.info("stopped by signal after step %d; checkpoint saved", step)
             return st
+        improved = early_stop = False
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             run_eval(s)
-        if step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+            patience = cfg.eval.early_stopping.patience
+            improved = bool(patience) and st.best_step == step  # keep the best as `best` when early stopping
+            early_stop = bool(patience) and st.evals_without_improvement >= patience
+        if early_stop or improved or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             save(s)
             saved_at = step
+            if improved and s.ctx.is_logging_rank:
+                ckpt_format.write_pointer(cfg.run.dir, ckpt_format.BEST, step)
+        if early_stop:
+            logger.info("early stopping after step %d: no improvement over val loss %.4f (step %d) for %d evaluations",
+                        step, st.best_val_loss, st.best_step, st.evals_without_improvement)
+            break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
     return st

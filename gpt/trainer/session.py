@@ -52,12 +52,16 @@ def pretrain(cfg: TrainingConfig) -> int:
     if cfg.model.init_from:
         prepare_init_from(cfg)
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
-    meta = read_metadata(data_dir(cfg))
-    shape = model_shape(cfg.model, meta["tokenizer"]["vocab_size"])
+    shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
     try:
-        return _train(cfg, ctx, shape, stop)
+        session = open_session(cfg, ctx, shape)
+        try:
+            train(session, stop)
+        finally:
+            session.close()
+        return 0
     finally:
         stop.restore()
         parallel.destroy()
@@ -81,31 +85,28 @@ def prepare_init_from(cfg: TrainingConfig) -> None:
     init_from.check_tokenizer(directory, load_tokenizer(data_dir(cfg)), data_dir(cfg))
 
 
-def _resume(cfg: TrainingConfig, ctx, engine, shape, session_parts, cdict: dict, tokenizer) -> TrainerState:
-    """Load the run's checkpoint (any layout), or the init_from weights, or nothing; returns the state."""
-    run_dir = Path(cfg.run.dir)
-    selected = select_checkpoint(run_dir, ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
+def resume(session: Session, shape) -> None:
+    """Load the run's checkpoint (any layout) into the session, or the init_from weights, or nothing."""
+    cfg, ctx, engine = session.cfg, session.ctx, session.engine
+    selected = select_checkpoint(Path(cfg.run.dir), ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
     if selected is not None:
         ckpt, meta = selected
-        check_architecture(meta, cdict["model"], ckpt)
-        check_tokenizer(meta, tokenizer, ckpt, data_dir(cfg))
-        state = TrainerState.from_dict(meta["trainer"])
-        state.bad_steps_in_row = 0  # a resume after a divergence gets train.max_bad_steps fresh tries
-        session = Session(cfg, cdict, engine, *session_parts, state, None, None)
+        check_architecture(meta, session.config_dict["model"], ckpt)
+        check_tokenizer(meta, session.tokenizer, ckpt, data_dir(cfg))
+        session.state = TrainerState.from_dict(meta["trainer"])
+        session.state.bad_steps_in_row = 0  # a resume after a divergence gets train.max_bad_steps fresh tries
         load_checkpoint(engine, ckpt, meta=meta, materialize=lambda: materialize_optimizer_state(session))
         if ctx.is_logging_rank:
-            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, state.step, state.consumed_samples)
-        return state
-    state = TrainerState()
-    if cfg.model.init_from:
+            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, session.state.step,
+                        session.state.consumed_samples)
+    elif cfg.model.init_from:
         from gpt.hf.init_from import weight_source
 
         load_weights(engine, weight_source(Path(cfg.model.init_from), cfg.model, shape.padded_vocab))
         # Step 0 in our format: the run is self-contained from here on (resumes never read the HF dir).
-        save(Session(cfg, cdict, engine, *session_parts, state, None, None))
+        save(session)
         if ctx.is_logging_rank:
             logger.info("initialised from %s (saved as step 0)", cfg.model.init_from)
-    return state
 
 
 def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
@@ -121,7 +122,8 @@ def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
                               f"{ours} ({', '.join(diff)} differ); use data with the run's tokenizer or a new run.dir")
 
 
-def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
+def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True) -> Session:
+    """Data, engine, resume from run.dir's latest checkpoint, metrics: everything the loop needs."""
     log.setup(ctx.rank)
     run_dir = Path(cfg.run.dir)
     torch.manual_seed(cfg.train.seed + 100 * ctx.pp_rank)  # dropout; tensor ranks share it
@@ -132,22 +134,19 @@ def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
     tokenizer = load_tokenizer(data_dir(cfg))
     engine = build_engine(cfg, ctx, shape)
     cdict = config_dict(cfg)
+    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(), None, None)
 
-    state = _resume(cfg, ctx, engine, shape, (train_data, val_data, tokenizer), cdict, tokenizer)
-    if ctx.is_logging_rank:
+    resume(session, shape)
+    writes = ctx.is_logging_rank and log_to_run_dir
+    if writes:
         _write_config(cdict, run_dir)
+    if ctx.is_logging_rank:
         _report(cfg, ctx, shape, engine)
-    metrics = MetricsLog(run_dir, enabled=ctx.is_logging_rank, resume_step=state.step)
-    wandb = WandbSink(cfg.logging.wandb, enabled=ctx.is_logging_rank, run_dir=run_dir, config=cdict,
-                      run_id=state.wandb_id)
-    state.wandb_id = wandb.run_id or state.wandb_id
-    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, metrics, wandb)
-    try:
-        train(session, stop)
-    finally:
-        metrics.close()
-        wandb.finish()
-    return 0
+    session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
+    session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
+                              run_id=session.state.wandb_id)
+    session.state.wandb_id = session.wandb.run_id or session.state.wandb_id
+    return session
 
 
 def _report(cfg: TrainingConfig, ctx, shape, engine) -> None:
