@@ -101,9 +101,20 @@ def link_optimizer_state(optimizer) -> None:
 
 
 def sync_low_precision(optimizer) -> None:
-    """Copy the fp32 master weights we just set into the weights forward() uses."""
+    """Copy the fp32 master weights we just set into the weights forward() uses (a collective).
+
+    ZeRO 3 as its own step() does: release every gathered parameter, refresh each sub-group's
+    partitions from the fp32 ones, then re-gather the small "persistent" parameters it keeps whole
+    on every rank (below stage3_param_persistence_threshold; all_gather skips parameters that are
+    still available, so without the release they would keep their old values), then drop cached
+    secondary copies.
+    """
     if hasattr(optimizer, "update_lp_params"):  # ZeRO 1/2 and the bf16 optimizer
         optimizer.update_lp_params()
     elif hasattr(optimizer, "fp32_partitioned_groups_flat"):  # ZeRO 3
-        for lp, hp in zip(optimizer.fp16_partitioned_groups_flat, optimizer.fp32_partitioned_groups_flat):
-            lp.data.copy_(hp.data)
+        optimizer._partition_all_parameters()
+        for i in range(len(optimizer.fp32_partitioned_groups_flat)):
+            optimizer._reassign_or_swap_out_partitioned_parameters(i)
+        if optimizer.persistent_parameters:
+            optimizer.persistent_parameters[0].all_gather(optimizer.persistent_parameters)
+        optimizer.invalidate_secondary_tensor()

@@ -31,7 +31,9 @@ def model_config(meta: dict) -> ModelConfig:
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    ckpt = fmt.resolve(path)  # validated: sizes and sha256 of every file
+    # Sizes only: hashing every file (moments included) would cost a large model minutes per start;
+    # resume and export check the sha256 sums.
+    ckpt = fmt.resolve(path, verify=False)
     if ckpt is None:
         raise CheckpointError(f"no checkpoint under {path} (expected a run.dir with checkpoints/latest, or a checkpoint directory)")
     meta = fmt.read_meta(ckpt)

@@ -9,9 +9,9 @@ at most 1.1e-7 relative on the loss and 1.5e-7 on the gradient norm, for every p
 relative on both keeps a 7x margin for other CPUs' rounding, while a lost Adam moment, an
 off-by-one step count or a wrong data position moves them by more than 1e-3
 (`test_a_lost_optimizer_state_is_caught` checks that the comparison does fail). The same-layout
-resume on two processes is held to the same reference and tolerance (its difference from one
-process is the tensor-parallel round-off, not the resume); the one-process resume is bit-identical
-(tests/trainer/test_pretrain.py).
+resume on two processes (ZeRO-3) is held to the same reference and tolerance (its difference from
+one process is the data-parallel round-off, not the resume); one-process resumes are bit-identical
+(fp32: tests/trainer/test_pretrain.py; bf16: below).
 """
 
 import json
@@ -66,14 +66,14 @@ def zero3_half(shards, tmp_path_factory, twelve_steps):
 
 
 @pytest.mark.parametrize("first, second, nproc", [
-    ("tp2", "tp2", 2),  # the same two-process layout: each rank's own RNG stream is restored too
+    ("dp2_zero3", "dp2_zero3", 2),  # the same two-process layout, loading into ZeRO-3's partitions
     ("tp2", "dp2_zero1", 2),
     ("pp2", "tp2", 2),
     ("tp2", "pp2", 2),  # into a pipeline: its last stage's copy of the tied embedding must be loaded too
-    ("dp2_zero3", "dp2_zero1", 2),
+    ("dp2_zero3", "dp2_zero1", 2),  # out of ZeRO-3
     ("tp2", "single", 1),
 ])
-def test_resume_on_another_layout_matches_one_process(request, shards, tmp_path, reference, twelve_steps,
+def test_resume_on_any_layout_matches_one_process(request, shards, tmp_path, reference, twelve_steps,
                                                       first, second, nproc):
     half = request.getfixturevalue({"tp2": "tp2_half", "pp2": "pp2_half", "dp2_zero3": "zero3_half"}[first])
     run = tmp_path / "run"
@@ -95,3 +95,18 @@ def test_a_lost_optimizer_state_is_caught(shards, tmp_path, tp2_half, reference,
     run_module("gpt.pretrain", tiny_overrides(shards, run, *twelve_steps), check=True)
     with pytest.raises(AssertionError):
         assert_close(reference, run)
+
+
+def test_bf16_resume_is_identical_on_one_process(shards, tmp_path, twelve_steps):
+    """bf16 keeps fp32 master weights and moments in DeepSpeed's ZeRO optimizer; the checkpoint holds
+    those, and the bf16 copies forward() uses are re-derived from them, so 6 + 6 == 12 bit for bit.
+    (ZeRO 1: DeepSpeed 0.19 refuses bf16 at ZeRO 0 with fp32 gradient accumulation.)"""
+    bf16 = (*twelve_steps, "train.precision=bf16", "parallel.zero_stage=1")
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_module("gpt.pretrain", tiny_overrides(shards, straight, *bf16), check=True)
+    run_module("gpt.pretrain", tiny_overrides(shards, resumed, *bf16, "train.stop_at=6"), check=True)
+    run_module("gpt.pretrain", tiny_overrides(shards, resumed, *bf16), check=True)
+    keys = ("step", "loss", "grad_norm", "lr")
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert [tuple(r[k] for k in keys) for r in a[0]] == [tuple(r[k] for k in keys) for r in b[0]]
+    assert [(r["step"], r["val_loss"]) for r in a[1]] == [(r["step"], r["val_loss"]) for r in b[1]]
