@@ -18,7 +18,7 @@ ARCHITECTURES = {GPT2: "GPT2LMHeadModel", LLAMA: "LlamaForCausalLM"}
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 
-class _Fields:
+class ModelFields:
     """Attribute access over a ModelConfig or the `model` dict saved in a checkpoint."""
 
     def __init__(self, m):
@@ -30,7 +30,7 @@ class _Fields:
 
 def family(m) -> str:
     """gpt2 | llama for a ModelConfig (or its dict); CheckpointError naming what does not fit either."""
-    f = _Fields(m)
+    f = ModelFields(m)
     kv = f.n_kv_head or f.n_head
     if (f.norm, f.position, f.activation) == ("rmsnorm", "rope", "swiglu"):
         return LLAMA
@@ -48,7 +48,7 @@ def family(m) -> str:
 
 def to_hf_config(m, *, vocab_size: int, eos_id: int, bos_id: int | None, dtype: str = "float32") -> dict:
     """The config.json for model fields `m` whose (unpadded) vocabulary has `vocab_size` rows."""
-    f = _Fields(m)
+    f = ModelFields(m)
     fam = family(m)
     common = {"architectures": [ARCHITECTURES[fam]], "model_type": fam, "vocab_size": vocab_size,
               "tie_word_embeddings": bool(f.tie_embeddings), "eos_token_id": eos_id,

@@ -13,13 +13,13 @@ from typing import Callable
 
 import torch
 
-from gpt.hf.config import GPT2, LLAMA, _Fields, family
+from gpt.hf.config import GPT2, LLAMA, ModelFields, family
 
 Get = Callable[[str], torch.Tensor]
 
 
 def _heads(m) -> tuple[int, int, int]:
-    f = _Fields(m)
+    f = ModelFields(m)
     kv = f.n_kv_head or f.n_head
     return f.n_head, kv, f.n_embd // f.n_head
 
@@ -44,7 +44,7 @@ def _layer_map(m) -> dict[str, str]:
     if family(m) == GPT2:
         return {"ln_1.weight": "ln_1.weight", "ln_1.bias": "ln_1.bias", "ln_2.weight": "ln_2.weight",
                 "ln_2.bias": "ln_2.bias"}
-    f = _Fields(m)
+    f = ModelFields(m)
     names = {"ln_1.weight": "input_layernorm.weight", "ln_2.weight": "post_attention_layernorm.weight",
              "attn.proj.weight": "self_attn.o_proj.weight", "mlp.gate.weight": "mlp.gate_proj.weight",
              "mlp.up.weight": "mlp.up_proj.weight", "mlp.down.weight": "mlp.down_proj.weight"}
@@ -60,7 +60,7 @@ _GPT2_CONV = {"attn.proj": "attn.c_proj", "mlp.fc": "mlp.c_fc", "mlp.proj": "mlp
 
 def to_hf(state: dict[str, torch.Tensor], m, vocab_size: int) -> dict[str, torch.Tensor]:
     """Our full state dict -> the HF model's (GPT2LMHeadModel / LlamaForCausalLM) state dict."""
-    fam, f = family(m), _Fields(m)
+    fam, f = family(m), ModelFields(m)
     out: dict[str, torch.Tensor] = {}
     prefix = "transformer.h" if fam == GPT2 else "model.layers"
     for i in range(f.n_layer):
@@ -99,7 +99,7 @@ def from_hf(name: str, get: Get, m, padded_vocab: int) -> torch.Tensor:
 
     One parameter at a time, so each rank of a large model reads only what it holds.
     """
-    fam, f = family(m), _Fields(m)
+    fam = family(m)
     if name in ("embedding.wte.weight", "output.head.weight"):
         key = "lm_head.weight" if name == "output.head.weight" else \
             ("transformer.wte.weight" if fam == GPT2 else "model.embed_tokens.weight")
@@ -135,7 +135,7 @@ def from_hf(name: str, get: Get, m, padded_vocab: int) -> torch.Tensor:
 
 def hf_names(m) -> set[str]:
     """Every tensor name a complete HF checkpoint of this model has (tied lm_head excluded)."""
-    fam, f = family(m), _Fields(m)
+    fam, f = family(m), ModelFields(m)
     names = set()
     prefix = "transformer.h" if fam == GPT2 else "model.layers"
     for i in range(f.n_layer):
