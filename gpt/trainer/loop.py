@@ -132,7 +132,7 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         step = record["step"]
         progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
-        stopping, diverged = stop.agreed(s.ctx.device, diverged)
+        stopping, diverged = stop.agreed_with(s.ctx.device, diverged)
         if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
             if diverged:

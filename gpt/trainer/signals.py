@@ -31,7 +31,11 @@ class StopRequest:
             logger.warning("received %s: finishing this step, then saving and exiting", signal.Signals(signum).name)
         self.signum = signum
 
-    def agreed(self, device, *flags: bool) -> tuple[bool, ...]:
+    def agreed(self, device) -> bool:
+        """True on every rank if any rank received a signal (collective)."""
+        return self.agreed_with(device)[0]
+
+    def agreed_with(self, device, *flags: bool) -> tuple[bool, ...]:
         """(signal received, *flags), each True on every rank if it is True on any rank (collective).
 
         Other per-step decisions that every rank must take together ride on the same all-reduce.
