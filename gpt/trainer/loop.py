@@ -31,6 +31,8 @@ class Session:
     state: TrainerState
     metrics: MetricsLog
     wandb: WandbSink
+    flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
+    peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
 
     @property
     def ctx(self):
@@ -97,9 +99,11 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             st.skipped_steps += 1
         record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
                   "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-                  "consumed_samples": st.consumed_samples, "skipped": result.skipped}
+                  "consumed_samples": st.consumed_samples, "skipped": result.skipped,
+                  "mfu": tokens_per_step / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
         _record(s, record)
-        progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt)
+        progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt,
+                        f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
 
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             run_eval(s)

@@ -13,11 +13,14 @@ from gpt.checkpoint.reader import check_architecture
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
 from gpt.data import build_loaders, load_tokenizer, read_metadata
+from gpt.engine import memory
+from gpt.engine.deepspeed_config import deepspeed_zero_stage
 from gpt.engine.engine import build_engine
 from gpt.errors import ConfigError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
+from gpt.parallel.peak import job_peak
 from gpt.trainer.loop import Session, materialize_optimizer_state, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
@@ -81,14 +84,17 @@ def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
         load_checkpoint(engine, ckpt, materialize=lambda: materialize_optimizer_state(session))
         if ctx.is_logging_rank:
             logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, state.step, state.consumed_samples)
+    fpt = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
+    peak, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
         _write_config(cfg, run_dir)
-        _report(cfg, ctx, shape, engine)
+        _report(cfg, ctx, shape, fpt, peak, peak_source)
     metrics = MetricsLog(run_dir, enabled=ctx.is_logging_rank, resume_step=state.step)
     wandb = WandbSink(cfg.logging.wandb, enabled=ctx.is_logging_rank, run_dir=run_dir, config=cdict,
                       run_id=state.wandb_id)
     state.wandb_id = wandb.run_id or state.wandb_id
-    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, metrics, wandb)
+    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, metrics, wandb,
+                      flops_per_token=fpt, peak_flops=peak)
     try:
         train(session, stop)
     finally:
@@ -97,10 +103,33 @@ def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
     return 0
 
 
-def _report(cfg: TrainingConfig, ctx, shape, engine) -> None:
+def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str) -> None:
+    """What a user checks before burning GPU hours: size, cost per token, layout, memory, peak."""
+    layout = ctx.layout
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
-    fpt = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
-    logger.info("model %s: %s parameters, %.3g training FLOPs/token", cfg.model.name, f"{n:,}", fpt)
-    logger.info("layout: %s; ZeRO stage %d; %s on %s (%s)", ctx.layout.describe(), cfg.parallel.zero_stage,
-                cfg.train.precision, ctx.device, ctx.backend)
+    logger.info("model %s: %s parameters (vocab %d padded to %d), %.4g training FLOPs/token at seq_len %d",
+                cfg.model.name, f"{n:,}", shape.vocab_size, shape.padded_vocab, fpt, cfg.train.seq_len)
+    logger.info("layout: %s (ranks: tensor fastest, then data, then pipeline)%s", layout.describe(),
+                "; stages hold blocks " + "/".join(map(str, _blocks_per_stage(cfg, layout))) if layout.pipeline > 1 else "")
+    zero = deepspeed_zero_stage(cfg)
+    note = " (run as stage 1: DeepSpeed's BF16 optimizer shards its fp32 state)" if zero != cfg.parallel.zero_stage else ""
+    logger.info("precision %s; ZeRO stage %d%s; %s; %s (%s)", cfg.train.precision, cfg.parallel.zero_stage, note,
+                "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
+                ctx.device, ctx.backend)
+    mem = memory.estimate(cfg, shape, layout)
+    hb = memory.human_bytes
+    logger.info("memory per rank (estimate, busiest rank, %s parameters, activations not included): weights %s + "
+                "gradients %s + optimizer state %s = %s", f"{mem.params:,}", hb(mem.weights), hb(mem.gradients),
+                hb(mem.optimizer), hb(mem.total))
+    if peak is not None:
+        logger.info("peak %.4g FLOP/s over %d rank(s) (%s): mfu in metrics.jsonl", peak, layout.world, peak_source)
+    else:
+        logger.warning("no peak FLOP/s for MFU: %s", peak_source)
     logger.info("run dir %s (pid %d)", os.path.abspath(cfg.run.dir), os.getpid())
+
+
+def _blocks_per_stage(cfg: TrainingConfig, layout) -> list[int]:
+    from gpt.engine.pipeline import stage_boundaries
+
+    bounds = stage_boundaries(cfg.model, layout.pipeline, cfg.parallel.pipeline_layers)
+    return [b - a for a, b in zip(bounds, bounds[1:])]
