@@ -50,13 +50,19 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     return specs
 
 
+def blocks_per_stage(cfg: ModelConfig, stages: int, pipeline_layers) -> list[int]:
+    """Transformer blocks of each stage: as configured, else even with the first stages taking the rest."""
+    if pipeline_layers:
+        return list(pipeline_layers)
+    return [cfg.n_layer // stages + (1 if s < cfg.n_layer % stages else 0) for s in range(stages)]
+
+
 def stage_boundaries(cfg: ModelConfig, stages: int, pipeline_layers) -> list[int]:
     """Layer-list indices where each stage starts (plus the end): blocks split evenly or as configured.
 
     The embedding rides with the first stage, the norm and output with the last.
     """
-    counts = list(pipeline_layers) if pipeline_layers else [
-        cfg.n_layer // stages + (1 if s < cfg.n_layer % stages else 0) for s in range(stages)]
+    counts = blocks_per_stage(cfg, stages, pipeline_layers)
     parts, block = [0], 1
     for c in counts[:-1]:
         block += c

@@ -16,6 +16,7 @@ from gpt.data import build_loaders, load_tokenizer, read_metadata
 from gpt.engine import memory
 from gpt.engine.deepspeed_config import deepspeed_zero_stage
 from gpt.engine.engine import build_engine
+from gpt.engine.pipeline import blocks_per_stage
 from gpt.errors import ConfigError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
@@ -109,8 +110,11 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
     logger.info("model %s: %s parameters (vocab %d padded to %d), %.4g training FLOPs/token at seq_len %d",
                 cfg.model.name, f"{n:,}", shape.vocab_size, shape.padded_vocab, fpt, cfg.train.seq_len)
-    logger.info("layout: %s (ranks: tensor fastest, then data, then pipeline)%s", layout.describe(),
-                "; stages hold blocks " + "/".join(map(str, _blocks_per_stage(cfg, layout))) if layout.pipeline > 1 else "")
+    stages = ""
+    if layout.pipeline > 1:
+        blocks = blocks_per_stage(cfg.model, layout.pipeline, cfg.parallel.pipeline_layers)
+        stages = "; stages hold blocks " + "/".join(map(str, blocks))
+    logger.info("layout: %s (ranks: tensor fastest, then data, then pipeline)%s", layout.describe(), stages)
     zero = deepspeed_zero_stage(cfg)
     note = " (run as stage 1: DeepSpeed's BF16 optimizer shards its fp32 state)" if zero != cfg.parallel.zero_stage else ""
     logger.info("precision %s; ZeRO stage %d%s; %s; %s (%s)", cfg.train.precision, cfg.parallel.zero_stage, note,
@@ -126,10 +130,3 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     else:
         logger.warning("no peak FLOP/s for MFU: %s", peak_source)
     logger.info("run dir %s (pid %d)", os.path.abspath(cfg.run.dir), os.getpid())
-
-
-def _blocks_per_stage(cfg: TrainingConfig, layout) -> list[int]:
-    from gpt.engine.pipeline import stage_boundaries
-
-    bounds = stage_boundaries(cfg.model, layout.pipeline, cfg.parallel.pipeline_layers)
-    return [b - a for a, b in zip(bounds, bounds[1:])]
