@@ -1,50 +1,101 @@
 """gpt-generate: continue a prompt with a trained checkpoint (any parallel layout). Text on stdout only."""
 
+import json
 import sys
 
 from gpt.cli import run_command
 
 USAGE = """
-usage: gpt-generate checkpoint=<run.dir|checkpoint dir> prompt="..." [max_new_tokens=N temperature=T top_k=K top_p=P seed=S]
+usage: gpt-generate checkpoint=<run.dir|checkpoint dir|.../checkpoints/best> prompt="..."
+                    [max_new_tokens=N temperature=T top_k=K top_p=P seed=S repetition_penalty=R stop=[...]]
+       gpt-generate checkpoint=... prompt_file=prompts.txt     (one JSON line per prompt)
 
-Prints the prompt and its continuation on stdout (logs go to stderr); temperature=0 is greedy.
+Streams the prompt and its continuation to stdout as tokens come (logs go to stderr);
+temperature=0 is greedy. Generation ends at max_new_tokens, the end-of-document token or a stop string.
 """
 
 
-def run(cfg) -> int:
-    import torch
+def _prompts(path: str) -> list[str]:
+    from pathlib import Path
 
     from gpt.errors import ConfigError
-    from gpt.generation.loading import load_model, release
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"prompt_file={path} does not exist")
+    prompts = []
+    for n, line in enumerate(p.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                prompts.append(json.loads(line)["prompt"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{n}: expected a JSON object with a 'prompt' field") from None
+        else:
+            prompts.append(line)
+    return prompts
+
+
+def complete(loaded, cfg, prompt: str, write=None) -> str:
+    """Sample a continuation of `prompt`; `write` receives text as soon as it is stable."""
+    import torch
+
     from gpt.generation.sampling import generate
+
+    tok = loaded.tokenizer
+    ids = tok.encode(prompt) if prompt else [tok.eod_id]
+    device = next(loaded.model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    new: list[int] = []
+    printed = ""
+    hold = max((len(s) for s in cfg.stop), default=1) - 1  # a stop string may still be forming at the end
+    for token in generate(loaded.model, torch.tensor([ids], device=device), max_new_tokens=cfg.max_new_tokens,
+                          vocab_size=loaded.shape.vocab_size, temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, generator=gen, stop_ids=(tok.eod_id,), use_cache=cfg.use_cache,
+                          repetition_penalty=cfg.repetition_penalty):
+        new.append(token)
+        stable = tok.decode(new).rstrip("\ufffd")  # hold back a multi-byte character until it is complete
+        hit = min((stable.find(s) for s in cfg.stop if s and s in stable), default=-1)
+        if hit >= 0:
+            stable = stable[:hit]
+        shown = stable if hit >= 0 else stable[:max(len(printed), len(stable) - hold)]
+        if write is not None and len(shown) > len(printed):
+            write(shown[len(printed):])
+        printed = shown
+        if hit >= 0:
+            return printed
+    text = tok.decode(new)
+    if write is not None and len(text) > len(printed):
+        write(text[len(printed):])
+    return text
+
+
+def run(cfg) -> int:
+    from gpt.errors import ConfigError
+    from gpt.generation.loading import load_model, release
 
     if not cfg.checkpoint:
         raise ConfigError("checkpoint is required: checkpoint=<run.dir or checkpoint dir>")
-    if cfg.temperature < 0 or cfg.max_new_tokens < 0:
-        raise ConfigError("temperature and max_new_tokens must not be negative")
+    if cfg.temperature < 0 or cfg.max_new_tokens < 0 or cfg.repetition_penalty <= 0:
+        raise ConfigError("temperature and max_new_tokens must not be negative; repetition_penalty must be > 0")
+    prompts = _prompts(cfg.prompt_file) if cfg.prompt_file else None
     loaded = load_model(cfg.checkpoint, cfg.device)
+    out = sys.stdout
     try:
-        tok = loaded.tokenizer
-        ids = tok.encode(cfg.prompt) if cfg.prompt else [tok.eod_id]
-        prompt = torch.tensor([ids], dtype=torch.long, device=next(loaded.model.parameters()).device)
-        gen = torch.Generator(device=prompt.device).manual_seed(cfg.seed)
-        out = sys.stdout
-        out.write(cfg.prompt)
-        new: list[int] = []
-        printed = ""
-        for token in generate(loaded.model, prompt, max_new_tokens=cfg.max_new_tokens, vocab_size=loaded.shape.vocab_size,
-                              temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=gen,
-                              stop_ids=(tok.eod_id,)):
-            new.append(token)
-            text = tok.decode(new)
-            stable = text.rstrip("\ufffd")  # hold back a multi-byte character until it is complete
-            out.write(stable[len(printed):])
-            out.flush()
-            printed = stable
-            if cfg.stop and any(s in printed for s in cfg.stop):
-                break
-        out.write(tok.decode(new)[len(printed):] + "\n")
-        out.flush()
+        if prompts is None:
+            out.write(cfg.prompt)
+
+            def write(text):
+                out.write(text)
+                out.flush()
+
+            complete(loaded, cfg, cfg.prompt, write)
+            out.write("\n")
+        else:
+            for prompt in prompts:
+                out.write(json.dumps({"prompt": prompt, "completion": complete(loaded, cfg, prompt)}) + "\n")
+                out.flush()
     finally:
         release()
     return 0

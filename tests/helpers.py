@@ -36,6 +36,18 @@ def env_for_subprocess() -> dict:
     return env
 
 
+# Variables that tell the launcher where it runs; tests set them explicitly (see launch_env).
+LAUNCH_VARIABLES = ("SLURM_", "PET_", "GPT_NPROC_PER_NODE", "CUDA_VISIBLE_DEVICES", "MASTER_ADDR", "MASTER_PORT",
+                    "WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def launch_env(**variables: str) -> dict:
+    """env_for_subprocess() without anything that says where we run (SLURM, torchrun, GPUs), plus `variables`."""
+    env = {k: v for k, v in env_for_subprocess().items() if not k.startswith(LAUNCH_VARIABLES)}
+    env.update(variables)
+    return env
+
+
 def run_module(module: str, args: list[str], *, check: bool = False, timeout: int = 600,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m module args` in a fresh process (what a user types)."""

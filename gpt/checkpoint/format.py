@@ -26,6 +26,7 @@ FORMAT = "gpt-checkpoint"
 VERSION = 1
 META = "meta.json"
 LATEST = "latest"
+BEST = "best"
 MOMENTS = ("exp_avg", "exp_avg_sq")
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 
@@ -64,20 +65,29 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def resolve(path: str | Path) -> Path | None:
-    """A run.dir, its checkpoints/ dir, or one checkpoint dir -> the checkpoint dir to load (None: none yet)."""
+    """A run.dir, its checkpoints/ dir, a checkpoint dir, or a pointer file (`checkpoints/latest`,
+    `checkpoints/best`) -> the checkpoint dir to load (None: the run has no checkpoint yet)."""
     path = Path(path)
     if (path / META).is_file():
         return path
+    if path.is_file():
+        return _follow(path)
     root = path if path.name == "checkpoints" else checkpoints_dir(path)
     latest = root / LATEST
-    if latest.is_file():
-        name = latest.read_text().strip()
-        target = root / name
-        if not (target / META).is_file():
-            raise CheckpointError(f"{latest} names {name!r}, which is not a complete checkpoint; "
-                                  f"delete {latest} to start over or point it at a directory listed in {root}")
-        return target
-    return None
+    return _follow(latest) if latest.is_file() else None
+
+
+def _follow(pointer: Path) -> Path:
+    name = pointer.read_text().strip()
+    target = pointer.parent / name
+    if not (target / META).is_file():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint; "
+                              f"delete {pointer} to start over or point it at a directory listed in {pointer.parent}")
+    return target
+
+
+def write_pointer(run_dir: str | Path, pointer: str, step: int) -> None:
+    write_text_atomic(checkpoints_dir(run_dir) / pointer, step_dir_name(step) + "\n")
 
 
 def read_meta(ckpt: Path) -> dict:

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from gpt.config.training import DataConfig
+
 
 @dataclass(kw_only=True)
 class TokenizerConfig:
@@ -66,3 +68,27 @@ class GenerateConfig:
     """auto | cpu | cuda."""
     stop: List[str] = field(default_factory=list)
     """Stop when any of these strings appears in the generated text."""
+    prompt_file: Optional[str] = None
+    """Continue every prompt of this file instead (one per line, or jsonl with a `prompt` field); prints one JSON line per prompt."""
+    repetition_penalty: float = 1.0
+    """Divide the logits of tokens already in the text by this (>1 discourages repeats; 1 is off)."""
+    use_cache: bool = True
+    """Reuse attention keys/values across steps (same output, much faster)."""
+
+
+@dataclass(kw_only=True)
+class EvaluateConfig:
+    """What gpt-eval composes from conf/eval.yaml."""
+
+    checkpoint: Optional[str] = None
+    """A run.dir (its latest checkpoint), a checkpoint directory, or a `latest`/`best` pointer file."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(path=None))
+    """The shards to evaluate on; null fields fall back to the checkpoint's training data config."""
+    split: str = "val"
+    """val (the held-out documents, as in training) | all (every document of data.path)."""
+    batch_size: int = 8
+    """Samples per forward pass."""
+    iters: Optional[int] = None
+    """Batches to evaluate; null is one pass over the split."""
+    device: str = "auto"
+    """auto | cpu | cuda."""

@@ -2,13 +2,14 @@
 
 from hydra.core.config_store import ConfigStore
 
-from gpt.config.commands import GenerateConfig, PreprocessConfig
+from gpt.config.commands import EvaluateConfig, GenerateConfig, PreprocessConfig
 from gpt.config.training import TrainingConfig
 
 SCHEMAS = {
     "pretrain_schema": TrainingConfig,
     "preprocess_schema": PreprocessConfig,
     "generate_schema": GenerateConfig,
+    "eval_schema": EvaluateConfig,
 }
 
 

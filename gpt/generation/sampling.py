@@ -22,10 +22,18 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
+def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty (as in Hugging Face): seen tokens' logits divided (if > 0) or multiplied by it."""
+    if penalty == 1.0:
+        return logits
+    picked = logits.gather(-1, seen)
+    return logits.scatter(-1, seen, torch.where(picked > 0, picked / penalty, picked * penalty))
+
+
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, *, max_new_tokens: int, vocab_size: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             stop_ids: tuple[int, ...] = (), use_cache: bool = True) -> Iterator[int]:
+             stop_ids: tuple[int, ...] = (), use_cache: bool = True, repetition_penalty: float = 1.0) -> Iterator[int]:
     """Yield new token ids one by one for a (1, t) prompt; stops at any of `stop_ids` (not yielded)."""
     max_len = model.cfg.max_seq_len
     caches = new_caches(model.cfg.n_layer, max_len) if use_cache else None
@@ -37,6 +45,7 @@ def generate(model: GPT, prompt: torch.Tensor, *, max_new_tokens: int, vocab_siz
             step_input = seq[:, -(max_len - 1):]
         logits = model(step_input if caches is not None else seq[:, -max_len:], caches)[:, -1, :].float()
         logits[:, vocab_size:] = float("-inf")  # padding rows of the embedding table
+        logits = penalize_repeats(logits, seq, repetition_penalty)
         if temperature == 0:
             nxt = logits.argmax(-1, keepdim=True)
         else:

@@ -5,6 +5,7 @@ import time
 from dataclasses import dataclass
 
 from gpt import log
+from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.save import save as save_checkpoint
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
@@ -38,6 +39,10 @@ class Session:
     def ctx(self):
         return self.engine.ctx
 
+    def close(self) -> None:
+        self.metrics.close()
+        self.wandb.finish()
+
 
 def evaluate(s: Session) -> float:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
@@ -47,8 +52,10 @@ def evaluate(s: Session) -> float:
 
 
 def save(s: Session) -> None:
+    best = s.state.best_step
     save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last)
+                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                    keep=(ckpt_format.step_dir_name(best),) if best else ())
 
 
 def materialize_optimizer_state(s: Session) -> None:
@@ -78,41 +85,58 @@ def run_eval(s: Session) -> float:
     return val
 
 
+def train_step(s: Session) -> dict:
+    """One optimizer step: set the LR, fetch this rank's micro-batches, step, record metrics."""
+    cfg, st, t = s.cfg, s.state, s.cfg.train
+    step = st.step + 1
+    lr = lr_at(step, cfg.optim, t.steps)
+    s.engine.set_lr(lr)
+    t0 = time.perf_counter()
+    batches = s.train_data.global_batch(st.consumed_samples)
+    t1 = time.perf_counter()
+    result = s.engine.train_step(batches)
+    dt = time.perf_counter() - t0
+    st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
+    if result.skipped:
+        st.skipped_steps += 1
+    record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
+              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
+              "consumed_samples": st.consumed_samples, "skipped": result.skipped,
+              "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
+    _record(s, record)
+    return record
+
+
 def train(s: Session, stop: StopRequest) -> TrainerState:
     cfg, st = s.cfg, s.state
     t = cfg.train
-    tokens_per_step = t.global_batch_size * t.seq_len
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
     while st.step < last:
-        step = st.step + 1
-        lr = lr_at(step, cfg.optim, t.steps)
-        s.engine.set_lr(lr)
-        t0 = time.perf_counter()
-        batches = s.train_data.global_batch(st.consumed_samples)
-        t1 = time.perf_counter()
-        result = s.engine.train_step(batches)
-        dt = time.perf_counter() - t0
-        st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-        if result.skipped:
-            st.skipped_steps += 1
-        record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-                  "tokens_per_s": tokens_per_step / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-                  "consumed_samples": st.consumed_samples, "skipped": result.skipped,
-                  "mfu": tokens_per_step / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
-        _record(s, record)
-        progress.update(step, result.loss, lr, result.grad_norm, tokens_per_step / dt,
+        record = train_step(s)
+        step = record["step"]
+        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
                         f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
-
+        improved = early_stop = False
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             run_eval(s)
+            patience = cfg.eval.early_stopping.patience
+            improved = bool(patience) and st.best_step == step  # keep the best as `best` when early stopping
+            early_stop = bool(patience) and st.evals_without_improvement >= patience
         stopping = stop.agreed(s.ctx.device)
-        if stopping or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
+        if (stopping or early_stop or improved or step == last
+                or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0)):
             save(s)
             saved_at = step
+            if improved and s.ctx.is_logging_rank:
+                ckpt_format.write_pointer(cfg.run.dir, ckpt_format.BEST, step)
         if stopping:
             logger.info("stopped by signal after step %d; checkpoint saved", step)
+            break
+        if early_stop:
+            logger.info("early stopping after step %d: no improvement over val loss %.4f (step %d) for %d evaluations",
+                        step, st.best_val_loss, st.best_step, st.evals_without_improvement)
             break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)

@@ -50,20 +50,25 @@ def _write_config(cfg: TrainingConfig, run_dir: Path) -> None:
 
 def pretrain(cfg: TrainingConfig) -> int:
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
-    meta = read_metadata(data_dir(cfg))
-    shape = model_shape(cfg.model, meta["tokenizer"]["vocab_size"])
+    shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     if cfg.model.init_from:
         raise ConfigError("model.init_from is not supported yet")
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
     try:
-        return _train(cfg, ctx, shape, stop)
+        session = open_session(cfg, ctx, shape)
+        try:
+            train(session, stop)
+        finally:
+            session.close()
+        return 0
     finally:
         stop.restore()
         parallel.destroy()
 
 
-def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
+def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True) -> Session:
+    """Data, engine, resume from run.dir's latest checkpoint, metrics: everything the loop needs."""
     log.setup(ctx.rank)
     run_dir = Path(cfg.run.dir)
     torch.manual_seed(cfg.train.seed + 100 * ctx.pp_rank)  # dropout; tensor ranks share it
@@ -74,34 +79,29 @@ def _train(cfg: TrainingConfig, ctx, shape, stop: StopRequest) -> int:
     tokenizer = load_tokenizer(data_dir(cfg))
     engine = build_engine(cfg, ctx, shape)
     cdict = config_dict(cfg)
+    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(), None, None)
 
     ckpt = ckpt_format.resolve(run_dir)
-    state = TrainerState()
     if ckpt is not None:
         meta = ckpt_format.read_meta(ckpt)
         check_architecture(meta, cdict["model"], ckpt)
-        state = TrainerState.from_dict(meta["trainer"])
-        session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, None, None)
+        session.state = TrainerState.from_dict(meta["trainer"])
         load_checkpoint(engine, ckpt, materialize=lambda: materialize_optimizer_state(session))
         if ctx.is_logging_rank:
-            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, state.step, state.consumed_samples)
-    fpt = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
-    peak, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
-    if ctx.is_logging_rank:
+            logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, session.state.step,
+                        session.state.consumed_samples)
+    writes = ctx.is_logging_rank and log_to_run_dir
+    if writes:
         _write_config(cfg, run_dir)
-        _report(cfg, ctx, shape, fpt, peak, peak_source)
-    metrics = MetricsLog(run_dir, enabled=ctx.is_logging_rank, resume_step=state.step)
-    wandb = WandbSink(cfg.logging.wandb, enabled=ctx.is_logging_rank, run_dir=run_dir, config=cdict,
-                      run_id=state.wandb_id)
-    state.wandb_id = wandb.run_id or state.wandb_id
-    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, state, metrics, wandb,
-                      flops_per_token=fpt, peak_flops=peak)
-    try:
-        train(session, stop)
-    finally:
-        metrics.close()
-        wandb.finish()
-    return 0
+    session.flops_per_token = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
+    session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
+    if ctx.is_logging_rank:
+        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source)
+    session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
+    session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
+                              run_id=session.state.wandb_id)
+    session.state.wandb_id = session.wandb.run_id or session.state.wandb_id
+    return session
 
 
 def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str) -> None:

@@ -1,0 +1,113 @@
+"""What the framework costs: gpt's training step vs a plain PyTorch loop of the same model and batch.
+
+Both run in this one process, interleaved in rounds (this machine's speed drifts by ~20% on its own,
+so only same-round ratios mean anything):
+  plain: the same GPT module, torch.optim.AdamW, forward / backward / clip / step on batches that
+         are already tensors in memory;
+  gpt:   the real per-step path of gpt-pretrain (gpt.trainer.loop.train_step): the DeepSpeed engine,
+         the memory-mapped data loader, the LR schedule, metrics.jsonl, plus the per-step signal
+         agreement of the loop.
+Prints the median step time of each and their ratio per round, then the median ratio.
+
+    python benchmarks/train_overhead.py [--steps 20 --rounds 6] [key=value overrides]
+The default is the `make demo` model (4 layers, 128 wide, seq 128, batch 16) on shards of
+tiny shakespeare (made in a temp dir if --data is not given).
+"""
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def plain_loop(cfg, shape, batches):
+    """The baseline: nothing but torch."""
+    from gpt.engine.optim import param_groups
+    from gpt.model.build import build_model
+    from gpt.model.gpt import weighted_loss
+
+    model = build_model(cfg.model, shape, seed=cfg.train.seed)
+    opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg.optim.weight_decay), lr=cfg.optim.lr,
+                            betas=(cfg.optim.beta1, cfg.optim.beta2))
+
+    def step(i):
+        for b in batches[i % len(batches)]:
+            weighted_loss(model(b.tokens), b.labels, b.weights).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20, help="steps per side per round")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--data", help="token shards (default: tiny shakespeare, preprocessed into a temp dir)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+
+    from gpt.config import compose, validate_training
+    from gpt.data import read_metadata
+    from gpt.model.build import model_shape
+    from gpt.parallel import context as parallel
+    from gpt.trainer.loop import train_step
+    from gpt.trainer.session import open_session
+    from gpt.trainer.signals import StopRequest
+
+    tmp = tempfile.TemporaryDirectory()
+    data = args.data
+    if data is None:
+        data = str(Path(tmp.name) / "shards")
+        subprocess.run([sys.executable, "-m", "gpt.preprocess", f"input={SHAKESPEARE}", f"output={data}"], check=True,
+                       capture_output=True)
+    cfg = compose("pretrain", ["experiment=demo", f"data.path={data}", f"run.dir={tmp.name}/run",
+                               "logging.wandb.mode=disabled", "train.steps=100000", *args.overrides])
+    layout = validate_training(cfg)
+    shape = model_shape(cfg.model, read_metadata(data)["tokenizer"]["vocab_size"])
+    ctx = parallel.initialize(layout, "cpu")
+    session = open_session(cfg, ctx, shape)
+    stop = StopRequest()
+    batches = [session.train_data.global_batch(i * cfg.train.global_batch_size) for i in range(8)]
+    plain_step = plain_loop(cfg, shape, batches)
+
+    def gpt_step(i):
+        train_step(session)
+        stop.agreed(ctx.device)
+
+    for i in range(5):  # warm-up both
+        plain_step(i)
+        gpt_step(i)
+    ratios = []
+    print(f"threads={torch.get_num_threads()} model={cfg.model.name} layers={cfg.model.n_layer} "
+          f"width={cfg.model.n_embd} seq={cfg.train.seq_len} batch={cfg.train.global_batch_size}")
+    print(f"{'round':>5} {'plain ms/step':>14} {'gpt ms/step':>12} {'gpt/plain':>10}")
+    for r in range(args.rounds):
+        times = {"plain": [], "gpt": []}
+        order = [("plain", plain_step), ("gpt", gpt_step)] if r % 2 == 0 else [("gpt", gpt_step), ("plain", plain_step)]
+        for name, fn in order:
+            for i in range(args.steps):
+                t0 = time.perf_counter()
+                fn(i)
+                times[name].append(time.perf_counter() - t0)
+        p, g = statistics.median(times["plain"]), statistics.median(times["gpt"])
+        ratios.append(g / p)
+        print(f"{r:>5} {p * 1e3:>14.2f} {g * 1e3:>12.2f} {g / p:>10.3f}")
+    print(f"median gpt/plain step-time ratio: {statistics.median(ratios):.3f} "
+          f"(min {min(ratios):.3f}, max {max(ratios):.3f}) over {args.rounds} rounds")
+    session.close()
+    parallel.destroy()
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

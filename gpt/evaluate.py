@@ -1,0 +1,66 @@
+"""gpt-eval: validation loss and perplexity of a checkpoint (any layout) as one JSON line on stdout."""
+
+import json
+import math
+import sys
+
+from gpt.cli import run_command
+
+USAGE = """
+usage: gpt-eval checkpoint=<run.dir|checkpoint dir|.../checkpoints/best> [data.path=<shards>] [split=val|all]
+
+Prints {"loss": ..., "ppl": ..., "tokens": ..., ...} on one line. data.* defaults to the checkpoint's
+training data; split=val evaluates the documents training held out, split=all every document.
+"""
+
+
+def run(cfg) -> int:
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from gpt.config.training import DataConfig
+    from gpt.data import build_loaders
+    from gpt.errors import ConfigError, DataError
+    from gpt.generation.loading import load_model, release
+    from gpt.generation.scoring import mean_loss
+
+    if not cfg.checkpoint:
+        raise ConfigError("checkpoint is required: checkpoint=<run.dir, checkpoint dir or pointer file>")
+    if cfg.split not in ("val", "all"):
+        raise ConfigError(f"split={cfg.split} is not one of val|all")
+    if cfg.batch_size < 1 or (cfg.iters is not None and cfg.iters < 1):
+        raise ConfigError("batch_size and iters must be at least 1")
+    loaded = load_model(cfg.checkpoint, cfg.device)
+    try:
+        trained = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig),
+                                                      loaded.meta["config"]["data"]))
+        data = DataConfig(**{k: (v if v is not None else getattr(trained, k)) for k, v in vars(cfg.data).items()})
+        if cfg.data.path and not cfg.data.blend:
+            data = replace(data, blend=None)
+        if cfg.split == "all":
+            data = replace(data, val_path=data.path)
+        seq_len = loaded.meta["config"]["train"]["seq_len"]
+        _, val = build_loaders(data, seq_len=seq_len, global_batch_size=cfg.batch_size,
+                               micro_batch_size=cfg.batch_size, dp_rank=0, dp_size=1, seed=0)
+        if val is None:
+            raise DataError("no validation split: set data.val_fraction>0, data.val_path, or split=all")
+        if val.tokenizer.to_dict() != loaded.tokenizer.to_dict():
+            raise DataError(f"{data.val_path or data.path} was tokenised with {val.tokenizer.to_dict()}, "
+                            f"the checkpoint with {loaded.tokenizer.to_dict()}; preprocess with the same tokenizer")
+        batches = cfg.iters or max(1, math.ceil(val.samples_per_epoch / cfg.batch_size))
+        device = next(loaded.model.parameters()).device
+        result = mean_loss(loaded.model, val, batches=batches, device=device)
+        print(json.dumps({"checkpoint": str(loaded.checkpoint), "step": loaded.meta["step"], "split": cfg.split,
+                          "seq_len": seq_len, **result}), flush=True)
+    finally:
+        release()
+    return 0
+
+
+def main(argv=None) -> None:
+    sys.exit(run_command("gpt-eval", "eval", run, USAGE, argv))
+
+
+if __name__ == "__main__":
+    main()

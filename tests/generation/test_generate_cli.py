@@ -1,0 +1,64 @@
+"""gpt-generate and gpt-eval from a trained checkpoint, as a user runs them."""
+
+import json
+
+import pytest
+import torch
+from helpers import run_module, tiny_overrides
+
+from gpt.generation.sampling import penalize_repeats
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("gen") / "run"
+    run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=30", "eval.every=0"), check=True)
+    return run
+
+
+def gen(run, *args):
+    return run_module("gpt.generate", [f"checkpoint={run}", *args], check=True).stdout
+
+
+def test_cache_does_not_change_the_text(trained):
+    args = ["prompt=ROMEO:", "max_new_tokens=60", "temperature=0"]
+    assert gen(trained, *args) == gen(trained, *args, "use_cache=false")
+
+
+def test_stop_string_cuts_the_continuation(trained):
+    full = gen(trained, "prompt=ROMEO:", "max_new_tokens=80", "temperature=0")
+    cont = full[len("ROMEO:"):].rstrip("\n")
+    stop = cont[10:12]
+    cut = gen(trained, "prompt=ROMEO:", "max_new_tokens=80", "temperature=0", f"stop=[{json.dumps(stop)}]")
+    assert cut.rstrip("\n") == "ROMEO:" + cont[:cont.find(stop)]
+
+
+def test_prompt_file_gives_one_json_line_per_prompt(trained, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "First Citizen:"}\n{"prompt": "KING"}\n')
+    lines = gen(trained, f"prompt_file={prompts}", "max_new_tokens=20", "temperature=0").splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [r["prompt"] for r in rows] == ["First Citizen:", "KING"]
+    single = gen(trained, "prompt=KING", "max_new_tokens=20", "temperature=0")
+    assert single.rstrip("\n") == "KING" + rows[1]["completion"]
+
+
+def test_repetition_penalty_changes_only_seen_tokens():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    out = penalize_repeats(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    assert out.tolist() == [[1.0, -2.0, 0.5, 3.0]]
+
+
+def test_eval_prints_one_json_line(trained, shards):
+    out = run_module("gpt.evaluate", [f"checkpoint={trained}", f"data.path={shards}", "iters=2"], check=True).stdout
+    (line,) = out.strip().splitlines()
+    result = json.loads(line)
+    assert result["split"] == "val" and result["tokens"] == 2 * 8 * 32 and result["ppl"] > 1.0
+
+
+def test_eval_rejects_other_tokenizer(trained, tmp_path, corpus_file):
+    other = tmp_path / "bpe"
+    run_module("gpt.preprocess", [f"input={corpus_file}", f"output={other}", "tokenizer.kind=bpe",
+                                  "tokenizer.vocab_size=300"], check=True)
+    proc = run_module("gpt.evaluate", [f"checkpoint={trained}", f"data.path={other}", "split=all"])
+    assert proc.returncode == 2 and "tokenised with" in proc.stderr and "Traceback" not in proc.stderr
