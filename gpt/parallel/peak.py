@@ -48,8 +48,9 @@ def measure_matmul_peak(dtype: torch.dtype, device: torch.device | None = None, 
                         seconds: float = 0.2) -> float:
     """FLOP/s of back-to-back n x n matmuls for about `seconds` (after one warm-up product)."""
     device = device or torch.device("cpu")
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    gen = torch.Generator(device).manual_seed(0)  # a private stream: the run's RNG (dropout, resume) is untouched
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
     a @ b
     count, t0 = 0, time.perf_counter()
     while True:

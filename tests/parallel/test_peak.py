@@ -32,5 +32,12 @@ def test_cpu_peak_is_measured_quickly():
     assert 1e8 < peak < 1e14  # a CPU core or a few: between 0.1 GFLOP/s and 100 TFLOP/s
 
 
+def test_measurement_leaves_the_global_rng_alone():
+    """The peak is measured after a resume restored the RNG state: drawing from it would change dropout."""
+    state = torch.get_rng_state()
+    measure_matmul_peak(torch.float32, seconds=0.01)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_override_wins():
     assert device_peak(torch.device("cpu"), "fp32", 123e12) == (123e12, "train.peak_flops")
