@@ -16,7 +16,8 @@ def run_overrides(shards: Path, run_dir: Path, arch: str, *extra: str) -> list[s
     args = tiny_overrides(shards, run_dir)
     if arch == "llama":
         args = ["model=llama-tiny" if a == "model=tiny" else a for a in args]
-    return [*args, "model.n_layer=3", *extra]
+    # device=cpu: the parity matrix is a CPU/gloo test (several ranks cannot share one GPU under NCCL).
+    return [*args, "model.n_layer=3", "device=cpu", *extra]
 
 
 @dataclass
