@@ -104,7 +104,7 @@ def build_loaders(data_cfg, *, seq_len: int, global_batch_size: int, micro_batch
     if seq_len < 1:
         raise ConfigError(f"train.seq_len={seq_len} must be at least 1")
     weights, paths = _components(data_cfg)
-    verify = bool(getattr(data_cfg, "verify", False))
+    verify = data_cfg.verify
     sets = [ShardSet(p, verify=verify) for p in paths]
     for s in sets[1:]:
         _same_tokenizer(sets[0], s, "data.blend")
