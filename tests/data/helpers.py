@@ -57,3 +57,21 @@ def write_address_shards(directory, lengths, *, shard_tokens=1 << 30, offset=0, 
     mask = None if mask_fn is None else mask_fn(tokens - offset).astype(np.uint8)
     return write_token_shards(directory, AddressTokenizer(), [(tokens.astype(np.uint32), lengths, mask)],
                               source={"test": True}, shard_tokens=shard_tokens, loss_mask=mask_fn is not None)
+
+
+CL100K_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+FAKE_MERGES = [b"th", b"he", b"the", b" t", b" the", b"in", b"ing", b"er", b"an", b"ou", b"\n\n"]
+
+
+def fake_tiktoken_cache(directory) -> Path:
+    """A small cl100k_base-format vocabulary (every byte + a few merges) where tiktoken looks for the
+    real one: tests need no download, and tiktoken parses it exactly as it would the real file."""
+    import base64
+    import hashlib
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokens = [bytes([b]) for b in range(256)] + FAKE_MERGES
+    path = directory / hashlib.sha1(CL100K_URL.encode()).hexdigest()
+    path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(tokens)))
+    return path
