@@ -20,8 +20,9 @@ from gpt import __version__, log
 from gpt.data.format import FORMAT, LOSS_MASK, METADATA_FILE, SHARD_PATTERN, TOKENS, VERSION, dtype_for, schema, write_json_atomic
 from gpt.errors import DataError
 
-BATCH_TOKENS = 1 << 22
-"""Tokens per Arrow record batch: bounds the writer's memory; readers see each batch as one array."""
+BATCH_TOKENS = 1 << 26
+"""Tokens per Arrow record batch (64M, like the default shard): the writer holds one batch in memory;
+a reader gathers from each batch as one array, so fewer batches make random access cheaper."""
 
 
 class ShardWriter:

@@ -1,0 +1,104 @@
+"""End-to-end gpt-preprocess with an existing tokenizer.json vs the tokenizers library's own
+`encode_batch` on the same documents, measured in the same run.
+
+    .venv/bin/python benchmarks/preprocess_throughput.py [--mb 10] [--repeats 3]
+
+Builds a ~10 MB jsonl (this Python's standard library sources and tiny shakespeare, as documents of
+a few KB) and a byte-level BPE tokenizer.json in a temporary directory. The baseline gets the
+documents already parsed in memory and only encodes them; gpt-preprocess reads the jsonl, encodes,
+writes Arrow shards with checksums and metadata. Ratio = baseline seconds / gpt-preprocess seconds
+(>= 1 means the whole pipeline is at least as fast as the bare encoder). Best of --repeats each,
+interleaved, because the machine may be shared.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def corpus(target_bytes: int) -> list:
+    from gpt.data.inputs import stdlib_files
+
+    docs, size = [], 0
+    shakespeare = next((p for p in (REPO.parent / "shared/data/tinyshakespeare.txt",
+                                    Path("/work/shared/data/tinyshakespeare.txt")) if p.is_file()), None)
+    prose = shakespeare.read_text() if shakespeare else ""
+    prose_docs = [prose[i:i + 3000] for i in range(0, len(prose), 3000)]
+    for i, path in enumerate(stdlib_files()):
+        code = Path(path).read_text(encoding="utf-8", errors="replace")
+        for j in range(0, len(code), 6000):
+            docs.append(code[j:j + 6000])
+            size += len(docs[-1])
+        if prose_docs and i % 2 == 0:
+            docs.append(prose_docs[(i // 2) % len(prose_docs)])
+            size += len(docs[-1])
+        if size >= target_bytes:
+            break
+    return docs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=float, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args()
+
+    from tokenizers import Tokenizer
+
+    from gpt import log
+    from gpt.config.commands import PreprocessConfig, TokenizerConfig
+    from gpt.data.hf_tokenizer import train_bpe
+    from gpt.data.preprocess import preprocess
+
+    log.setup(level=40)  # errors only: the benchmark prints its own lines
+    tmp = Path(tempfile.mkdtemp(prefix="gpt-bench-preprocess-"))
+    try:
+        docs = corpus(int(args.mb * 1e6))
+        jsonl = tmp / "docs.jsonl"
+        with open(jsonl, "w") as f:
+            for d in docs:
+                f.write(json.dumps({"text": d}) + "\n")
+        train_bpe(docs[: len(docs) // 4], 8192).save_files(tmp)
+        tokenizer_json = str(tmp / "tokenizer.json")
+        mb = jsonl.stat().st_size / 1e6
+        print(f"corpus: {len(docs)} documents, {mb:.1f} MB of jsonl; tokenizer: byte-level BPE, 8192 tokens; "
+              f"{os.cpu_count()} CPUs")
+
+        baseline_tok = Tokenizer.from_file(tokenizer_json)
+        best = {"encode_batch": float("inf"), **{f"gpt-preprocess workers={w}": float("inf") for w in args.workers}}
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            encoded = baseline_tok.encode_batch(docs, add_special_tokens=False)
+            best["encode_batch"] = min(best["encode_batch"], time.perf_counter() - started)
+            n_tokens = sum(len(e.ids) for e in encoded)
+            for w in args.workers:
+                out = tmp / "shards"
+                shutil.rmtree(out, ignore_errors=True)
+                cfg = PreprocessConfig(input=str(jsonl), output=str(out), workers=w,
+                                       tokenizer=TokenizerConfig(kind="hf", path=tokenizer_json))
+                started = time.perf_counter()
+                meta = preprocess(cfg)
+                key = f"gpt-preprocess workers={w}"
+                best[key] = min(best[key], time.perf_counter() - started)
+                assert meta["num_tokens"] == n_tokens, "the pipeline must produce exactly the baseline's tokens"
+        base = best["encode_batch"]
+        print(f"{'encode_batch (baseline, in memory)':40s} {base:6.2f} s  {mb / base:6.2f} MB/s  {n_tokens / base / 1e6:5.2f} M tokens/s")
+        for key, t in best.items():
+            if key != "encode_batch":
+                print(f"{key + ' (end to end)':40s} {t:6.2f} s  {mb / t:6.2f} MB/s  {n_tokens / t / 1e6:5.2f} M tokens/s"
+                      f"  ratio {base / t:.2f}x")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
