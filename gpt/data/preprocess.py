@@ -181,22 +181,32 @@ def _results(workers: int, tasks, init_args, tokenizer) -> Iterator["encode.Task
             yield encode.encode_task(task)
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
     # spawn, not fork: the parent may already run tokenizer/Arrow threads, which fork would break.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=encode.init, initargs=init_args) as pool:
+    # An executor (unlike multiprocessing.Pool) fails instead of hanging if a worker is killed.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=encode.init, initargs=init_args) as pool:
         pending: deque = deque()
         queue = iter(tasks)
-        for task in queue:
-            pending.append(pool.apply_async(encode.encode_task, (task,)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().get()
-            task = next(queue, None)
-            if task is not None:
-                pending.append(pool.apply_async(encode.encode_task, (task,)))
-            yield result
+        try:
+            for task in queue:
+                pending.append(pool.submit(encode.encode_task, task))
+                if len(pending) >= 2 * workers:
+                    break
+            while pending:
+                result = pending.popleft().result()
+                task = next(queue, None)
+                if task is not None:
+                    pending.append(pool.submit(encode.encode_task, task))
+                yield result
+        except BrokenProcessPool:
+            raise DataError(f"a preprocessing worker process died (out of memory?); retry with fewer workers "
+                            f"(workers={workers}) or a smaller task_bytes") from None
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _source(cfg: PreprocessConfig, files: List[InputFile], total_bytes: int, stats: dict) -> dict:

@@ -115,9 +115,10 @@ def test_bad_records_fail_with_file_and_line_or_are_skipped_and_counted(tmp_path
     txt.write_bytes(b"fine\n\nline one\nbroken \xff here\n\nfine again\n")
     with pytest.raises(DataError, match=r"bad\.txt:4: invalid UTF-8 \(byte 0xff\)"):
         preprocess(txt, tmp_path / "t1")
-    # The error names the right line even when the file is cut into many pieces.
+    # The error names the right line even when the file is cut into pieces read by worker processes.
     with pytest.raises(DataError, match=r"bad\.txt:4: invalid UTF-8"):
-        preprocess(txt, tmp_path / "t1", task_bytes=3)
+        preprocess(txt, tmp_path / "t1", task_bytes=3, workers=2)
+    assert not list(tmp_path.glob(".t1.tmp-*"))
 
 
 def test_empty_input_existing_output_and_options_are_one_line_errors(tmp_path):
