@@ -50,6 +50,15 @@ class BatchLoader:
         """Packed samples in one pass over this split (for a blend: over every component once)."""
 
     @property
+    def vocab_size(self) -> int:
+        """Ids the shards may hold, special tokens included (from metadata; no tokenizer is loaded)."""
+        return self.sources[0].shards.vocab_size
+
+    @property
+    def eod_id(self) -> int:
+        return self.sources[0].shards.eod_id
+
+    @property
     def tokenizer(self) -> Tokenizer:
         shards = self.sources[0].shards
         return tokenizer_from_dict(shards.meta["tokenizer"], shards.directory)

@@ -92,13 +92,17 @@ def test_directory_input_with_mixed_text_keys_fails_clearly(tmp_path):
         preprocess(tmp_path, tmp_path / "out")
 
 
-def test_stdlib_is_the_standard_library_without_tests():
+def test_stdlib_is_the_standard_library_without_tests(tmp_path):
     files = stdlib_files()
     root = sysconfig.get_paths()["stdlib"]
     names = {os.path.relpath(f, root) for f in files}
     assert "os.py" in names and os.path.join("json", "decoder.py") in names
     assert not any(re.search(r"(^|/)(tests?|site-packages|idle_test)/", n) for n in names)
     assert all(n.endswith(".py") for n in names)
+    meta = preprocess("stdlib", tmp_path / "stdlib")   # the demo's corpus, end to end
+    assert meta["num_documents"] >= len(files) - 10 and meta["source"]["stdlib"] == root
+    contents = [open(f, "rb").read() for f in files]
+    assert meta["num_tokens"] == sum(len(c) for c in contents if c.strip()), "byte tokens = source bytes"
 
 
 def test_missing_inputs_are_one_line_errors(tmp_path):

@@ -47,6 +47,7 @@ def test_batch_shapes_and_shift(shards):
     train, _ = loaders(shards)
     batches = train.global_batch(0)
     assert len(batches) == 4 and all(isinstance(b, Batch) for b in batches)
+    assert train.vocab_size == 1 << 24 and train.eod_id == EOD and train.grad_accum == 4
     for b in batches:
         assert b.tokens.shape == b.labels.shape == b.weights.shape == (2, 16)
         assert b.tokens.dtype == b.labels.dtype == torch.int64 and b.weights.dtype == torch.float32
