@@ -104,6 +104,8 @@ def test_bad_records_fail_with_file_and_line_or_are_skipped_and_counted(tmp_path
     with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON .*on_error=skip"):
         preprocess(f, tmp_path / "fail")
     assert not (tmp_path / "fail").exists() and not list(tmp_path.glob(".fail.tmp-*")), "nothing is left behind"
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: invalid JSON"):   # already while training a BPE on it
+        preprocess(f, tmp_path / "fail", TokenizerConfig(kind="bpe", vocab_size=300))
 
     meta = preprocess(f, tmp_path / "skip", on_error="skip")
     assert [bytes(r).decode() for r in read_rows(tmp_path / "skip")] == ["good one", "good three"]
