@@ -14,7 +14,7 @@ import torch
 from gpt.data.blend import BlendSchedule
 from gpt.data.packing import VAL_SEED, PackedSamples, split_documents
 from gpt.data.shards import ShardSet
-from gpt.data.tokenizer import Tokenizer, tokenizer_from_dict
+from gpt.data.tokenizer import Tokenizer
 from gpt.errors import ConfigError, DataError
 
 
@@ -60,8 +60,8 @@ class BatchLoader:
 
     @property
     def tokenizer(self) -> Tokenizer:
-        shards = self.sources[0].shards
-        return tokenizer_from_dict(shards.meta["tokenizer"], shards.directory)
+        """The tokenizer that wrote these shards (loaded on each access; keep it)."""
+        return self.sources[0].shards.tokenizer()
 
     def samples(self, index: np.ndarray, with_mask: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Global samples `index` [n]: tokens [n, seq_len+1] int64 (and loss mask, uint8)."""

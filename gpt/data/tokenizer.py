@@ -54,9 +54,11 @@ class Tokenizer:
 
 
 def as_id_array(ids) -> np.ndarray:
-    """Lists, numpy arrays and (CPU) torch tensors alike, as int64 [n]."""
+    """Lists, iterables, numpy arrays and torch tensors alike, as int64 [n]."""
     if hasattr(ids, "detach"):
         ids = ids.detach().cpu().numpy()
+    elif not hasattr(ids, "__len__"):  # generators, map objects
+        ids = list(ids)
     return np.asarray(ids, dtype=np.int64).reshape(-1)
 
 

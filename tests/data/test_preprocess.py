@@ -14,7 +14,8 @@ import pyarrow as pa
 import pytest
 
 from gpt.config.commands import TokenizerConfig
-from gpt.data import load_tokenizer, read_metadata
+from gpt.config.training import DataConfig
+from gpt.data import build_loaders, load_tokenizer, read_metadata
 from gpt.errors import ConfigError, DataError
 
 from tests.data.helpers import REPO, fake_tiktoken_cache, preprocess, read_rows
@@ -74,6 +75,13 @@ def test_bpe_hf_and_tiktoken_round_trip_through_shards(shakespeare, tmp_path, mo
     assert (tmp_path / "bpe" / "tokenizer.json").is_file()
     assert meta["num_tokens"] < len(text) / 1.5, "a trained BPE compresses"
     check(tmp_path / "bpe")
+    # Training batches decode with the tokenizer recorded in the shards.
+    train, _ = build_loaders(DataConfig(path=str(tmp_path / "bpe")), seq_len=64, global_batch_size=4,
+                             micro_batch_size=4, dp_rank=0, dp_size=1, seed=0)
+    tok = train.tokenizer
+    for row in train.global_batch(0)[0].tokens.tolist():
+        pieces = " ".join(map(str, row)).split(str(tok.eod_id))
+        assert len(pieces) >= 1 and all(tok.decode(map(int, p.split())) in text for p in pieces)
 
     meta = preprocess(tmp_path / "in.txt", tmp_path / "hf",
                       TokenizerConfig(kind="hf", path=str(tmp_path / "bpe" / "tokenizer.json")), workers=2)
