@@ -174,26 +174,31 @@ def _encode_all(cfg, tasks, tokenizer, tmp: Path, dtype: str, writer: ShardWrite
 
 
 def _results(workers: int, tasks, init_args, tokenizer) -> Iterator["encode.TaskResult"]:
-    """TaskResults in task order; with workers > 1, at most 2 tasks per worker in flight."""
-    if workers == 1 or len(tasks) == 1:
-        encode.init(*init_args, tokenizer=tokenizer)
-        for task in tasks:
-            yield encode.encode_task(task)
-        return
+    """TaskResults in task order, with at most 2 tasks per worker in flight.
+
+    workers=1 runs tasks on two threads of this process: the encoders release the GIL, so one task's
+    reading and id conversion overlap another's encoding. workers > 1 are processes.
+    """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn, not fork: the parent may already run tokenizer/Arrow threads, which fork would break.
-    # An executor (unlike multiprocessing.Pool) fails instead of hanging if a worker is killed.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=encode.init, initargs=init_args) as pool:
+    if workers == 1:
+        encode.init(*init_args, tokenizer=tokenizer)
+        pool = ThreadPoolExecutor(2)
+    else:
+        # spawn, not fork: the parent may already run tokenizer/Arrow threads, which fork would break.
+        # An executor (unlike multiprocessing.Pool) fails instead of hanging if a worker is killed.
+        threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=encode.init, initargs=(*init_args, None, threads))
+    with pool:
         pending: deque = deque()
         queue = iter(tasks)
         try:
             for task in queue:
                 pending.append(pool.submit(encode.encode_task, task))
-                if len(pending) >= 2 * workers:
+                if len(pending) >= 2 * max(workers, 2):
                     break
             while pending:
                 result = pending.popleft().result()
