@@ -84,6 +84,8 @@ class BatchLoader:
 
         Micro-batch k on rank r holds global samples consumed + (k*dp_size + r)*micro + [0, micro).
         """
+        if consumed_samples < 0:
+            raise ValueError(f"consumed_samples={consumed_samples} must not be negative")
         micro, dp, ga = self.micro_batch_size, self.dp_size, self.grad_accum
         first = consumed_samples + (np.arange(ga)[:, None] * dp + self.dp_rank) * micro      # [ga, 1]
         mine = (first + np.arange(micro)).reshape(-1)                                       # [ga*micro]
