@@ -64,7 +64,7 @@ class PackedSamples:
             starts = np.zeros(len(order) + 1, dtype=np.int64)
             np.cumsum(lengths + 1, out=starts[1:])
             perm = rng.permutation(self.samples_per_epoch)
-            if len(self._epochs) >= 2:  # a global batch spans at most two epochs
+            if len(self._epochs) >= 2:  # keep two: a batch rarely spans more (only splits smaller than a batch)
                 self._epochs.pop(min(self._epochs))
             self._epochs[epoch] = (starts, self.shards.doc_start[order], lengths, perm)
         return self._epochs[epoch]
