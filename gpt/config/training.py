@@ -96,6 +96,8 @@ class DataConfig:
     """Fraction of documents held out for validation (at least one document) when val_path is null."""
     blend: Optional[List[Any]] = None
     """Weighted mixture [[weight, path], ...] used instead of data.path."""
+    verify: bool = False
+    """Check every shard's sha256 at start-up (reads the whole corpus once); size, schema, version and counts are always checked."""
 
 
 @dataclass(kw_only=True)

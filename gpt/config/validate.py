@@ -80,6 +80,8 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     _check(t.stop_at is None or 1 <= t.stop_at <= t.steps, f"train.stop_at={t.stop_at} must be in [1, train.steps={t.steps}]")
     _check(t.precision != "fp16" or p.zero_stage >= 1,
            "train.precision=fp16 needs parallel.zero_stage>=1 (its fp32 master weights live in the ZeRO optimizer); or use bf16")
+    _check(t.peak_flops is None or t.peak_flops > 0,
+           f"train.peak_flops={t.peak_flops} must be a positive FLOP/s per device (e.g. 989.4e12), or null to look it up")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
     _check(0.0 <= cfg.data.val_fraction < 1.0, f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
     _check(o.lr > 0 and 0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")

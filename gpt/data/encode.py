@@ -4,6 +4,7 @@ one batch (the Rust/tiktoken encoders spread a batch over threads), return compa
 Module state holds the worker's tokenizer, loaded once per process by `init`.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -35,8 +36,12 @@ _options: dict = {}
 
 
 def init(tokenizer_dict: dict, tokenizer_dir: str, dtype: str, text_key: str, stop_at_problem: bool,
-         tokenizer: Optional[Tokenizer] = None) -> None:
+         tokenizer: Optional[Tokenizer] = None, threads: Optional[int] = None) -> None:
+    """Load the tokenizer; `threads` caps the encoder's threads (a worker process's share of the CPUs)."""
     global _tokenizer, _options
+    if threads:
+        # Read by the Rust thread pool of `tokenizers` when it starts, i.e. at the first batch.
+        os.environ["RAYON_NUM_THREADS"] = str(threads)
     _tokenizer = tokenizer or tokenizer_from_dict(tokenizer_dict, tokenizer_dir)
     _options = {"dtype": np.dtype(dtype), "text_key": text_key, "stop": stop_at_problem}
 

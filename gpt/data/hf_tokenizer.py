@@ -5,6 +5,7 @@ Both are stored as tokenizer.json beside the shards, so training and generation 
 tokenizer that wrote them.
 """
 
+import hashlib
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -34,6 +35,8 @@ class HFTokenizer(Tokenizer):
         self.eod_token = eod_token
         self.eod_id = tok.token_to_id(eod_token)
         self.vocab_size = max(tok.get_vocab_size(with_added_tokens=True), self.eod_id + 1)
+        # Identifies the exact vocabulary and merges: two BPEs of equal size are not interchangeable.
+        self.sha256 = hashlib.sha256(tok.to_str().encode()).hexdigest()
         # Text that happens to contain "<|endoftext|>" is data, not a document boundary.
         tok.encode_special_tokens = True
 
@@ -68,7 +71,7 @@ class HFTokenizer(Tokenizer):
 
     def to_dict(self) -> dict:
         d = super().to_dict()
-        d.update(eod_token=self.eod_token, file=FILE)
+        d.update(eod_token=self.eod_token, file=FILE, sha256=self.sha256)
         if self.source:
             d["source"] = self.source
         return d

@@ -145,21 +145,23 @@ def _boundary(fh, target: int, f: InputFile) -> int:
     """The first document boundary at or after `target`: after a newline (jsonl) or a blank line (text)."""
     if target >= f.size:
         return f.size
-    pos = target
-    fh.seek(pos)
-    buf = b""
+    fh.seek(target)
+    buf = bytearray()
     while True:
         chunk = fh.read(_WINDOW)
+        # Search only what can hold a new match: the new chunk, and for text from the last line end
+        # before it (a separator starts with a line end), so a long document costs linear time.
+        since = len(buf)
         buf += chunk
         if f.kind == JSONL:
-            i = buf.find(b"\n")
+            i = buf.find(b"\n", since)
             if i >= 0:
-                return pos + i + 1
+                return target + i + 1
         else:
-            m = BLANK_LINES.search(buf)
+            m = BLANK_LINES.search(buf, max(0, buf.rfind(b"\n", 0, since) - 1))
             # A match that touches the end of the buffer may continue in the next chunk.
             if m and (m.end() < len(buf) or not chunk):
-                return pos + m.end()
+                return target + m.end()
         if not chunk:
             return f.size
 

@@ -14,7 +14,7 @@ import torch
 from gpt.data.blend import BlendSchedule
 from gpt.data.packing import VAL_SEED, PackedSamples, split_documents
 from gpt.data.shards import ShardSet
-from gpt.data.tokenizer import Tokenizer, tokenizer_from_dict
+from gpt.data.tokenizer import Tokenizer
 from gpt.errors import ConfigError, DataError
 
 
@@ -50,9 +50,18 @@ class BatchLoader:
         """Packed samples in one pass over this split (for a blend: over every component once)."""
 
     @property
+    def vocab_size(self) -> int:
+        """Ids the shards may hold, special tokens included (from metadata; no tokenizer is loaded)."""
+        return self.sources[0].shards.vocab_size
+
+    @property
+    def eod_id(self) -> int:
+        return self.sources[0].shards.eod_id
+
+    @property
     def tokenizer(self) -> Tokenizer:
-        shards = self.sources[0].shards
-        return tokenizer_from_dict(shards.meta["tokenizer"], shards.directory)
+        """The tokenizer that wrote these shards (loaded on each access; keep it)."""
+        return self.sources[0].shards.tokenizer()
 
     def samples(self, index: np.ndarray, with_mask: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Global samples `index` [n]: tokens [n, seq_len+1] int64 (and loss mask, uint8)."""
@@ -75,6 +84,8 @@ class BatchLoader:
 
         Micro-batch k on rank r holds global samples consumed + (k*dp_size + r)*micro + [0, micro).
         """
+        if consumed_samples < 0:
+            raise ValueError(f"consumed_samples={consumed_samples} must not be negative")
         micro, dp, ga = self.micro_batch_size, self.dp_size, self.grad_accum
         first = consumed_samples + (np.arange(ga)[:, None] * dp + self.dp_rank) * micro      # [ga, 1]
         mine = (first + np.arange(micro)).reshape(-1)                                       # [ga*micro]
@@ -104,7 +115,7 @@ def build_loaders(data_cfg, *, seq_len: int, global_batch_size: int, micro_batch
     if seq_len < 1:
         raise ConfigError(f"train.seq_len={seq_len} must be at least 1")
     weights, paths = _components(data_cfg)
-    verify = bool(getattr(data_cfg, "verify", False))
+    verify = data_cfg.verify
     sets = [ShardSet(p, verify=verify) for p in paths]
     for s in sets[1:]:
         _same_tokenizer(sets[0], s, "data.blend")

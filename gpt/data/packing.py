@@ -47,47 +47,59 @@ class PackedSamples:
         self.samples_per_epoch = max(1, (self.stream_tokens - 1) // seq_len)
         self._entropy = [seed % 2**63, stream]
         self._epochs: dict = {}
+        self._window = np.arange(seq_len + 1)
+        self._wraps = self.samples_per_epoch * seq_len >= self.stream_tokens
 
     @property
     def has_mask(self) -> bool:
         return self.shards.has_mask
 
     def _epoch(self, epoch: int):
-        """(document order [docs], stream start of each [docs+1], sample permutation [samples_per_epoch])."""
+        """Stream start [docs+1], address [docs] and length [docs] of each document in this epoch's
+        order, and the epoch's sample permutation [samples_per_epoch]."""
         if epoch not in self._epochs:
             rng = np.random.default_rng(self._entropy + [epoch])
             order = self.docs[rng.permutation(len(self.docs))]
+            lengths = self.shards.doc_len[order]
             starts = np.zeros(len(order) + 1, dtype=np.int64)
-            np.cumsum(self.shards.doc_len[order] + 1, out=starts[1:])
+            np.cumsum(lengths + 1, out=starts[1:])
             perm = rng.permutation(self.samples_per_epoch)
-            if len(self._epochs) >= 2:  # a global batch spans at most two epochs
+            if len(self._epochs) >= 2:  # keep two: a batch rarely spans more (only splits smaller than a batch)
                 self._epochs.pop(min(self._epochs))
-            self._epochs[epoch] = (order, starts, perm)
+            self._epochs[epoch] = (starts, self.shards.doc_start[order], lengths, perm)
         return self._epochs[epoch]
 
     def samples(self, index: np.ndarray, with_mask: bool = False) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """Tokens [n, seq_len+1] int64 of samples `index` [n] (and their loss mask [n, seq_len+1] uint8)."""
         index = np.asarray(index, dtype=np.int64)
+        epochs = index // self.samples_per_epoch
+        lo, hi = int(epochs.min(initial=0)), int(epochs.max(initial=0))
+        if lo == hi:
+            return self._samples_of_epoch(lo, index - lo * self.samples_per_epoch, with_mask)
         width = self.seq_len + 1
         tokens = np.empty((len(index), width), dtype=np.int64)
         mask = np.empty((len(index), width), dtype=np.uint8) if with_mask else None
-        epochs = index // self.samples_per_epoch
-        for epoch in np.unique(epochs):
+        for epoch in range(lo, hi + 1):  # a batch that straddles the end of an epoch
             sel = epochs == epoch
-            order, starts, perm = self._epoch(int(epoch))
-            packed = perm[index[sel] % self.samples_per_epoch]
-            pos = (packed[:, None] * self.seq_len + np.arange(width)) % self.stream_tokens   # [k, width]
-            slot = np.searchsorted(starts, pos, side="right") - 1
-            doc = order[slot]
-            offset = pos - starts[slot]
-            eod = offset == self.shards.doc_len[doc]
-            addr = np.where(eod, 0, self.shards.doc_start[doc] + offset)
-            out = np.empty(pos.shape, dtype=np.int64)
-            m = np.empty(pos.shape, dtype=np.uint8) if with_mask else None
-            self.shards.gather(addr.ravel(), out.reshape(-1), None if m is None else m.reshape(-1))
-            out[eod] = self.shards.eod_id
-            tokens[sel] = out
+            tokens[sel], m = self._samples_of_epoch(epoch, index[sel] - epoch * self.samples_per_epoch, with_mask)
             if with_mask:
-                m[eod] = 1  # learn to end a document (for fine-tuning: to stop after the response)
                 mask[sel] = m
+        return tokens, mask
+
+    def _samples_of_epoch(self, epoch: int, within: np.ndarray, with_mask: bool):
+        starts, addresses, lengths, perm = self._epoch(epoch)
+        pos = perm[within][:, None] * self.seq_len + self._window                     # [k, seq_len+1]
+        if self._wraps:
+            pos %= self.stream_tokens
+        slot = np.searchsorted(starts, pos, side="right") - 1                            # document in epoch order
+        offset = pos - starts[slot]
+        eod = offset == lengths[slot]
+        addr = addresses[slot] + offset
+        addr[eod] = 0
+        tokens = np.empty(pos.shape, dtype=np.int64)
+        mask = np.empty(pos.shape, dtype=np.uint8) if with_mask else None
+        self.shards.gather(addr.reshape(-1), tokens.reshape(-1), None if mask is None else mask.reshape(-1))
+        tokens[eod] = self.shards.eod_id
+        if with_mask:
+            mask[eod] = 1  # learn to end a document (for fine-tuning: to stop after the response)
         return tokens, mask

@@ -7,22 +7,20 @@ run never leaves a directory that looks finished.
 """
 
 import os
-import shutil
-import socket
 import sys
 import time
 from collections import Counter, deque
 from pathlib import Path
 from typing import Iterator, List
 
-from gpt import __version__, log
+from gpt import log
 from gpt.config.commands import PreprocessConfig
 from gpt.data import encode
-from gpt.data.format import FORMAT, METADATA_FILE, VERSION, dtype_for, write_json_atomic
+from gpt.data.format import METADATA_FILE, dtype_for, write_json_atomic
 from gpt.data.inputs import PARQUET, InputFile, Piece, group_tasks, plan_pieces, resolve_inputs
 from gpt.data.readers import read_piece
 from gpt.data.tokenizer import KINDS, ByteTokenizer, Tokenizer
-from gpt.data.writer import ShardWriter
+from gpt.data.writer import ShardWriter, atomic_output, check_output, metadata
 from gpt.errors import ConfigError, DataError
 
 _log = log.get("data.preprocess")
@@ -32,18 +30,14 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     """Write the shards of cfg.input into cfg.output; returns the metadata written."""
     _check_options(cfg)
     output = Path(os.path.expanduser(cfg.output))
-    _check_output(output, cfg.overwrite)
+    check_output(output, cfg.overwrite)  # before any work, not only when renaming
     files = resolve_inputs(cfg.input, cfg.split)
     tasks = group_tasks(plan_pieces(files, cfg.task_bytes, cfg.text_key), cfg.task_bytes)
     total_bytes = sum(p.nbytes for t in tasks for p in t)
     _log.info("preprocessing %d files (%.1f MB) with %d worker(s), tokenizer %s",
               len(files), total_bytes / 1e6, cfg.workers, cfg.tokenizer.kind)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(output)
-    tmp = output.parent / f".{output.name}.tmp-{socket.gethostname()}-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with atomic_output(output, cfg.overwrite) as tmp:
         tokenizer = _build_tokenizer(cfg, tasks)
         tokenizer.save_files(tmp)
         dtype = dtype_for(tokenizer.vocab_size)
@@ -57,22 +51,8 @@ def preprocess(cfg: PreprocessConfig) -> dict:
             raise DataError(f"input={_spec_str(cfg.input)} holds no documents"
                             + (f" ({stats['empty']} empty ones were dropped)" if stats["empty"] else "")
                             + (" and every record was bad (see the warning above)" if stats["skipped"] else ""))
-        meta = {
-            "format": FORMAT,
-            "version": VERSION,
-            "created_by": f"gpt {__version__}",
-            "tokenizer": tokenizer.to_dict(),
-            "dtype": dtype,
-            "num_documents": stats["documents"],
-            "num_tokens": stats["tokens"],
-            "shards": shards,
-            "source": _source(cfg, files, total_bytes, stats),
-        }
+        meta = metadata(tokenizer.to_dict(), dtype, shards, _source(cfg, files, total_bytes, stats))
         write_json_atomic(tmp / METADATA_FILE, meta)
-        _install(tmp, output, cfg.overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     _log.info("wrote %d documents, %d tokens in %d shard(s) to %s", meta["num_documents"], meta["num_tokens"],
               len(meta["shards"]), output)
     return meta
@@ -95,13 +75,6 @@ def _check_options(cfg: PreprocessConfig) -> None:
         raise ConfigError("tokenizer.kind=hf needs tokenizer.path=<tokenizer.json>")
     if cfg.tokenizer.kind == "tiktoken" and not cfg.tokenizer.name:
         raise ConfigError("tokenizer.kind=tiktoken needs tokenizer.name=<encoding>, e.g. gpt2 or cl100k_base")
-
-
-def _check_output(output: Path, overwrite: bool) -> None:
-    if output.exists() and not output.is_dir():
-        raise DataError(f"output={output} is a file, not a directory")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise DataError(f"output={output} exists and is not empty; pass overwrite=true to replace it")
 
 
 def _build_tokenizer(cfg: PreprocessConfig, tasks: List[List[Piece]]) -> Tokenizer:
@@ -201,29 +174,44 @@ def _encode_all(cfg, tasks, tokenizer, tmp: Path, dtype: str, writer: ShardWrite
 
 
 def _results(workers: int, tasks, init_args, tokenizer) -> Iterator["encode.TaskResult"]:
-    """TaskResults in task order; with workers > 1, at most 2 tasks per worker in flight."""
-    if workers == 1 or len(tasks) == 1:
-        encode.init(*init_args, tokenizer=tokenizer)
-        for task in tasks:
-            yield encode.encode_task(task)
-        return
-    import multiprocessing
+    """TaskResults in task order, with at most 2 tasks per worker in flight.
 
-    # spawn, not fork: the parent may already run tokenizer/Arrow threads, which fork would break.
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(workers, initializer=encode.init, initargs=init_args) as pool:
+    workers=1 runs tasks on two threads of this process: the encoders release the GIL, so one task's
+    reading and id conversion overlap another's encoding. workers > 1 are processes.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    if workers == 1:
+        encode.init(*init_args, tokenizer=tokenizer)
+        pool = ThreadPoolExecutor(2)
+    else:
+        # spawn, not fork: the parent may already run tokenizer/Arrow threads, which fork would break.
+        # An executor (unlike multiprocessing.Pool) fails instead of hanging if a worker is killed.
+        threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=encode.init, initargs=(*init_args, None, threads))
+    with pool:
         pending: deque = deque()
         queue = iter(tasks)
-        for task in queue:
-            pending.append(pool.apply_async(encode.encode_task, (task,)))
-            if len(pending) >= 2 * workers:
-                break
-        while pending:
-            result = pending.popleft().get()
-            task = next(queue, None)
-            if task is not None:
-                pending.append(pool.apply_async(encode.encode_task, (task,)))
-            yield result
+        try:
+            for task in queue:
+                pending.append(pool.submit(encode.encode_task, task))
+                if len(pending) >= 2 * max(workers, 2):
+                    break
+            while pending:
+                result = pending.popleft().result()
+                task = next(queue, None)
+                if task is not None:
+                    pending.append(pool.submit(encode.encode_task, task))
+                yield result
+        except BrokenProcessPool:
+            raise DataError(f"a preprocessing worker process died (out of memory?); retry with fewer workers "
+                            f"(workers={workers}) or a smaller task_bytes") from None
+        finally:
+            for f in pending:
+                f.cancel()
 
 
 def _source(cfg: PreprocessConfig, files: List[InputFile], total_bytes: int, stats: dict) -> dict:
@@ -241,37 +229,3 @@ def _source(cfg: PreprocessConfig, files: List[InputFile], total_bytes: int, sta
 def _spec_str(spec) -> str:
     return "[" + ",".join(map(str, spec)) + "]" if isinstance(spec, (list, tuple)) else str(spec)
 
-
-def _install(tmp: Path, output: Path, overwrite: bool) -> None:
-    """Move the finished directory into place; an existing one is replaced only after this one is complete."""
-    if output.is_dir() and not any(output.iterdir()):
-        output.rmdir()
-    if output.exists():
-        if not overwrite:
-            raise DataError(f"output={output} appeared while preprocessing; pass overwrite=true to replace it")
-        old = output.parent / f".{output.name}.old-{socket.gethostname()}-{os.getpid()}"
-        os.rename(output, old)
-        os.rename(tmp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, output)
-
-
-def _remove_stale_temporaries(output: Path) -> None:
-    """Temporary directories of killed runs on this host (their process is gone) are removed."""
-    prefix = f".{output.name}.tmp-{socket.gethostname()}-"
-    for p in output.parent.glob(prefix + "*"):
-        pid = p.name[len(prefix):]
-        if pid.isdigit() and not _alive(int(pid)):
-            _log.info("removing %s, left by an interrupted gpt-preprocess", p)
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

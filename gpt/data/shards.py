@@ -113,13 +113,13 @@ class ShardSet:
     def gather(self, addr: np.ndarray, out: np.ndarray, mask_out: Optional[np.ndarray] = None) -> None:
         """out[i] = token at global address addr[i] (and mask_out[i] its loss mask, 1 without a mask column)."""
         if len(self._values) == 1:
-            out[...] = self._values[0][addr]
-            if mask_out is not None:
-                mask_out[...] = 1 if self._masks[0] is None else self._masks[0][addr]
-            return
-        batch = np.searchsorted(self._batch_start, addr, side="right") - 1
-        for b in np.unique(batch):
-            sel = batch == b
+            batch, lo, hi = None, 0, 0
+        else:
+            batch = np.searchsorted(self._batch_start, addr, side="right") - 1
+            lo, hi = int(batch.min(initial=0)), int(batch.max(initial=0))
+        # Record batches are as large as shards by default, so a global batch touches only a few.
+        for b in ([lo] if lo == hi else np.unique(batch)):
+            sel = slice(None) if lo == hi else batch == b
             local = addr[sel] - self._batch_start[b]
             out[sel] = self._values[b][local]
             if mask_out is not None:

@@ -104,7 +104,8 @@ class TiktokenTokenizer(Tokenizer):
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # Ordinary encoding: "<|endoftext|>" inside a document is text, not a boundary.
-        return self._enc.encode_ordinary_batch(list(texts), num_threads=os.cpu_count() or 1)
+        threads = int(os.environ.get("RAYON_NUM_THREADS", 0)) or os.cpu_count() or 1  # a worker's share
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         a = as_id_array(ids)

@@ -54,9 +54,11 @@ class Tokenizer:
 
 
 def as_id_array(ids) -> np.ndarray:
-    """Lists, numpy arrays and (CPU) torch tensors alike, as int64 [n]."""
+    """Lists, iterables, numpy arrays and torch tensors alike, as int64 [n]."""
     if hasattr(ids, "detach"):
         ids = ids.detach().cpu().numpy()
+    elif not hasattr(ids, "__len__"):  # generators, map objects
+        ids = list(ids)
     return np.asarray(ids, dtype=np.int64).reshape(-1)
 
 
@@ -100,9 +102,9 @@ def tokenizer_from_dict(d: dict, base_dir) -> Tokenizer:
         from gpt.data.tiktoken_tokenizer import TiktokenTokenizer
 
         tok = TiktokenTokenizer(d.get("name"))
-    for key in ("vocab_size", "eod_id"):
-        if key in d and d[key] != getattr(tok, key):
-            raise DataError(f"the {kind} tokenizer rebuilt from {base_dir} has {key}={getattr(tok, key)}, "
+    for key in ("vocab_size", "eod_id", "sha256"):
+        if key in d and d[key] != getattr(tok, key, None):
+            raise DataError(f"the {kind} tokenizer rebuilt from {base_dir} has {key}={getattr(tok, key, None)}, "
                             f"but its metadata says {d[key]}; the tokenizer files do not belong to these shards")
     return tok
 

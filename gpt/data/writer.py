@@ -7,16 +7,22 @@ was cut into pieces or how many workers tokenised it.
 
 import hashlib
 import os
+import shutil
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
 
-from gpt.data.format import LOSS_MASK, SHARD_PATTERN, TOKENS, schema
+from gpt import __version__, log
+from gpt.data.format import FORMAT, LOSS_MASK, METADATA_FILE, SHARD_PATTERN, TOKENS, VERSION, dtype_for, schema, write_json_atomic
+from gpt.errors import DataError
 
-BATCH_TOKENS = 1 << 22
-"""Tokens per Arrow record batch: bounds the writer's memory; readers see each batch as one array."""
+BATCH_TOKENS = 1 << 26
+"""Tokens per Arrow record batch (64M, like the default shard): the writer holds one batch in memory;
+a reader gathers from each batch as one array, so fewer batches make random access cheaper."""
 
 
 class ShardWriter:
@@ -108,3 +114,101 @@ def file_sha256(path, fsync: bool = True) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def metadata(tokenizer: dict, dtype: str, shards: List[dict], source: dict) -> dict:
+    """metadata.json of a shard directory (format version 1)."""
+    return {"format": FORMAT, "version": VERSION, "created_by": f"gpt {__version__}", "tokenizer": tokenizer,
+            "dtype": dtype, "num_documents": sum(s["documents"] for s in shards),
+            "num_tokens": sum(s["tokens"] for s in shards), "shards": shards, "source": source}
+
+
+def check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and not output.is_dir():
+        raise DataError(f"output={output} is a file, not a directory")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise DataError(f"output={output} exists and is not empty; pass overwrite=true to replace it")
+
+
+@contextmanager
+def atomic_output(output, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling of `output` to write into; renamed to `output` if the block succeeds.
+
+    The block must write metadata.json (last). On any exception the temporary directory is removed;
+    a killed process leaves only a hidden `.name.tmp-host-pid` without metadata, which is not a shard
+    directory and is removed by the next run on this host.
+    """
+    output = Path(output)
+    check_output(output, overwrite)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(output)
+    tmp = output.parent / f".{output.name}.tmp-{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not (tmp / METADATA_FILE).is_file():
+            raise RuntimeError(f"atomic_output: the block did not write {METADATA_FILE}")
+        _install(tmp, output, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_token_shards(output, tokenizer, documents: Iterable[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]], *,
+                       source: dict, shard_tokens: int = 64_000_000, loss_mask: bool = False,
+                       overwrite: bool = False) -> dict:
+    """A complete shard directory from chunks of (tokens [t], lengths [d], loss mask [t] or None).
+
+    For writers other than gpt-preprocess (fine-tuning data, synthetic benchmarks); returns the metadata.
+    """
+    dtype = dtype_for(tokenizer.vocab_size)
+    with atomic_output(output, overwrite) as tmp:
+        tokenizer.save_files(tmp)
+        writer = ShardWriter(tmp, dtype, shard_tokens, loss_mask=loss_mask)
+        try:
+            for tokens, lengths, mask in documents:
+                writer.add(tokens, lengths, mask)
+            shards = writer.close()
+        finally:
+            writer.abort()
+        if not shards:
+            raise DataError(f"output={output}: no documents to write")
+        meta = metadata(tokenizer.to_dict(), dtype, shards, source)
+        write_json_atomic(tmp / METADATA_FILE, meta)
+    return meta
+
+
+def _install(tmp: Path, output: Path, overwrite: bool) -> None:
+    """Move the finished directory into place; an existing one is replaced only after this one is complete."""
+    if output.is_dir() and not any(output.iterdir()):
+        output.rmdir()
+    if output.exists():
+        if not overwrite:
+            raise DataError(f"output={output} appeared while writing; pass overwrite=true to replace it")
+        old = output.parent / f".{output.name}.old-{socket.gethostname()}-{os.getpid()}"
+        os.rename(output, old)
+        os.rename(tmp, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, output)
+
+
+def _remove_stale_temporaries(output: Path) -> None:
+    """Temporary directories of killed runs on this host (their process is gone) are removed."""
+    prefix = f".{output.name}.tmp-{socket.gethostname()}-"
+    for p in output.parent.glob(prefix + "*"):
+        pid = p.name[len(prefix):]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.get("data").info("removing %s, left by an interrupted run", p)
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -27,6 +27,19 @@ def uses_plain_optimizer(cfg: TrainingConfig) -> bool:
     return cfg.parallel.zero_stage == 0 and cfg.train.precision == "fp32"
 
 
+def deepspeed_zero_stage(cfg: TrainingConfig) -> int:
+    """The ZeRO stage DeepSpeed runs: ours, except bf16 at stage 0, which runs as stage 1.
+
+    DeepSpeed's only bf16 optimizer that keeps fp32 master weights *and* accumulates gradients in
+    fp32 (and exposes the masters to our checkpoints) is its BF16_Optimizer, which it selects for
+    bf16 + stage 1 and which shards the masters and Adam state over data-parallel ranks. With one
+    data rank that is exactly "no ZeRO"; with more it saves memory at the cost of one all-gather.
+    """
+    if cfg.train.precision == "bf16" and cfg.parallel.zero_stage == 0:
+        return 1
+    return cfg.parallel.zero_stage
+
+
 def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
     for key in cfg.deepspeed:
         if key in DERIVED:
@@ -34,7 +47,7 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
     zero = copy.deepcopy(cfg.deepspeed.get("zero_optimization", {}))
     if "stage" in zero:
         raise ConfigError("deepspeed.zero_optimization.stage is derived from parallel.zero_stage; set that instead")
-    zero["stage"] = cfg.parallel.zero_stage
+    zero["stage"] = deepspeed_zero_stage(cfg)
     ds = {
         "train_batch_size": cfg.train.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,

@@ -8,6 +8,8 @@ between them); the first stage's copy is the owner for checkpoints and the gradi
 
 import re
 
+import torch
+
 from gpt.config.training import ModelConfig
 from gpt.model.build import ModelShape
 from gpt.model.gpt import Block, Embedding, Norm, Output, weighted_loss
@@ -48,13 +50,19 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     return specs
 
 
+def blocks_per_stage(cfg: ModelConfig, stages: int, pipeline_layers) -> list[int]:
+    """Transformer blocks of each stage: as configured, else even with the first stages taking the rest."""
+    if pipeline_layers:
+        return list(pipeline_layers)
+    return [cfg.n_layer // stages + (1 if s < cfg.n_layer % stages else 0) for s in range(stages)]
+
+
 def stage_boundaries(cfg: ModelConfig, stages: int, pipeline_layers) -> list[int]:
     """Layer-list indices where each stage starts (plus the end): blocks split evenly or as configured.
 
     The embedding rides with the first stage, the norm and output with the last.
     """
-    counts = list(pipeline_layers) if pipeline_layers else [
-        cfg.n_layer // stages + (1 if s < cfg.n_layer % stages else 0) for s in range(stages)]
+    counts = blocks_per_stage(cfg, stages, pipeline_layers)
     parts, block = [0], 1
     for c in counts[:-1]:
         block += c
@@ -74,10 +82,22 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
             stage = self._topo.get_coord(self.global_rank).pipe
             self._set_bounds(start=self.parts[stage], stop=self.parts[stage + 1])
 
+        def _synchronize_tied_weights(self):
+            # DeepSpeed broadcasts the tied embedding in place with autograd on, which leaves a
+            # non-differentiable c10d node behind and makes torch warn about "silently incorrect"
+            # gradients at every backward. The copies are already equal (same seeded init); the
+            # broadcast is kept as a guard but done outside autograd.
+            with torch.no_grad():
+                super()._synchronize_tied_weights()
+
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
-    return GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
-                       activation_checkpoint_interval=1 if activation_checkpointing else 0,
-                       checkpointable_layers=["Block"])
+    module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
+                         checkpointable_layers=["Block"])
+    # Recompute each Block in backward (DeepSpeed's checkpoint; the embedding, norm and head are
+    # kept). Set through the public setter, which also precomputes which layers qualify: without
+    # it the module's own forward skips every layer until a PipelineEngine has wrapped it.
+    module.set_checkpoint_interval(1 if activation_checkpointing else 0)
+    return module
 
 
 _INDEXED = re.compile(r"^(\d+)\.(.*)$")

@@ -194,18 +194,30 @@ def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Ten
     return (token_losses(logits, labels) * weights).sum()
 
 
-def count_parameters(cfg: ModelConfig, vocab: int, ffn_hidden: int) -> int:
-    """Parameters of the whole (unsplit) model, embeddings counted once when tied."""
-    h, n_kv, hd = cfg.n_embd, cfg.n_kv_head or cfg.n_head, cfg.n_embd // cfg.n_head
+def layer_parameters(cfg: ModelConfig, vocab: int, ffn_hidden: int, tensor: int = 1) -> list[int]:
+    """Parameters of each entry of the layer list [Embedding, Block x n_layer, Norm, Output] on one
+    tensor-parallel rank (tensor=1: the whole model). The tied Output holds no weight of its own.
+
+    Column-parallel weights and biases and the embedding rows are split over the tensor group;
+    norms, row-parallel biases and learned positions are replicated (as in slots.py).
+    """
+    h, t, hd = cfg.n_embd, tensor, cfg.n_embd // cfg.n_head
+    n_kv = cfg.n_kv_head or cfg.n_head
     norm = h * (2 if cfg.norm == "layernorm" and cfg.bias else 1)
     b = 1 if cfg.bias else 0
-    attn = h * (cfg.n_head + 2 * n_kv) * hd + b * (cfg.n_head + 2 * n_kv) * hd + cfg.n_head * hd * h + b * h
-    n_mats = 3 if cfg.activation == "swiglu" else 2
-    mlp = n_mats * h * ffn_hidden + b * ((n_mats - 1) * ffn_hidden + h)
+    qkv = (cfg.n_head + 2 * n_kv) * hd  # fused q, k, v output features
+    attn = (h * qkv + b * qkv + cfg.n_head * hd * h) // t + b * h
+    n_in = 2 if cfg.activation == "swiglu" else 1  # column-parallel input matrices: gate+up, or fc
+    mlp = (n_in * h * ffn_hidden + n_in * b * ffn_hidden + ffn_hidden * h) // t + b * h
     block = 2 * norm + attn + mlp
-    emb = vocab * h + (cfg.max_seq_len * h if cfg.position == "learned" else 0)
-    head = 0 if cfg.tie_embeddings else vocab * h
-    return emb + cfg.n_layer * block + norm + head
+    emb = vocab * h // t + (cfg.max_seq_len * h if cfg.position == "learned" else 0)
+    head = 0 if cfg.tie_embeddings else vocab * h // t
+    return [emb] + [block] * cfg.n_layer + [norm, head]
+
+
+def count_parameters(cfg: ModelConfig, vocab: int, ffn_hidden: int) -> int:
+    """Parameters of the whole (unsplit) model, embeddings counted once when tied."""
+    return sum(layer_parameters(cfg, vocab, ffn_hidden))
 
 
 def flops_per_token(cfg: ModelConfig, vocab: int, ffn_hidden: int, seq_len: int) -> float:

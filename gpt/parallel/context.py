@@ -16,6 +16,12 @@ from gpt.config.validate import Layout
 from gpt.parallel.device import choose_device
 
 
+# megatron-core's rank order, fastest-varying first: tensor, (context, expert: 1 here), data, pipeline.
+# DeepSpeed's PipeModelDataParallelTopology(pipe, data, model) numbers ranks the same way, so the
+# groups of both libraries coincide (tests/parallel/test_rank_layout.py checks it).
+RANK_ORDER = "tp-cp-ep-dp-pp"
+
+
 @dataclass(frozen=True)
 class ParallelContext:
     layout: Layout
@@ -96,6 +102,7 @@ def initialize(layout: Layout, device: str = "auto", timeout_minutes: int = 30) 
         pipeline_model_parallel_size=layout.pipeline,
         distributed_timeout_minutes=timeout_minutes,
         create_gloo_process_groups=False,
+        order=RANK_ORDER,
     )
     return ParallelContext(
         layout=layout,

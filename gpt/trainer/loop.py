@@ -33,6 +33,8 @@ class Session:
     state: TrainerState
     metrics: MetricsLog
     wandb: WandbSink
+    flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
+    peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
 
     @property
     def ctx(self):
@@ -113,7 +115,8 @@ def train_step(s: Session) -> dict:
     st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
     record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
               "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-              "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps}
+              "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps,
+              "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
     _record(s, record)
     if bad and s.ctx.is_logging_rank:
         logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
@@ -130,7 +133,8 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     while st.step < last:
         record = train_step(s)
         step = record["step"]
-        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"])
+        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
+                        f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
         stopping, diverged = stop.agreed_with(s.ctx.device, diverged)
         if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted

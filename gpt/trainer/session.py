@@ -16,11 +16,15 @@ from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
 from gpt.data import build_loaders, load_tokenizer, read_metadata
+from gpt.engine import memory
+from gpt.engine.deepspeed_config import deepspeed_zero_stage
 from gpt.engine.engine import build_engine
+from gpt.engine.pipeline import blocks_per_stage
 from gpt.errors import CheckpointError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
+from gpt.parallel.peak import job_peak
 from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
@@ -140,8 +144,10 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     writes = ctx.is_logging_rank and log_to_run_dir
     if writes:
         _write_config(cdict, run_dir)
+    session.flops_per_token = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
+    session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
-        _report(cfg, ctx, shape, engine)
+        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source)
     session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
@@ -149,10 +155,29 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     return session
 
 
-def _report(cfg: TrainingConfig, ctx, shape, engine) -> None:
+def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str) -> None:
+    """What a user checks before burning GPU hours: size, cost per token, layout, memory, peak."""
+    layout = ctx.layout
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
-    fpt = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
-    logger.info("model %s: %s parameters, %.3g training FLOPs/token", cfg.model.name, f"{n:,}", fpt)
-    logger.info("layout: %s; ZeRO stage %d; %s on %s (%s)", ctx.layout.describe(), cfg.parallel.zero_stage,
-                cfg.train.precision, ctx.device, ctx.backend)
+    logger.info("model %s: %s parameters (vocab %d padded to %d), %.4g training FLOPs/token at seq_len %d",
+                cfg.model.name, f"{n:,}", shape.vocab_size, shape.padded_vocab, fpt, cfg.train.seq_len)
+    stages = ""
+    if layout.pipeline > 1:
+        blocks = blocks_per_stage(cfg.model, layout.pipeline, cfg.parallel.pipeline_layers)
+        stages = "; stages hold blocks " + "/".join(map(str, blocks))
+    logger.info("layout: %s (ranks: tensor fastest, then data, then pipeline)%s", layout.describe(), stages)
+    zero = deepspeed_zero_stage(cfg)
+    note = " (run as stage 1: DeepSpeed's BF16 optimizer shards its fp32 state)" if zero != cfg.parallel.zero_stage else ""
+    logger.info("precision %s; ZeRO stage %d%s; %s; %s (%s)", cfg.train.precision, cfg.parallel.zero_stage, note,
+                "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
+                ctx.device, ctx.backend)
+    mem = memory.estimate(cfg, shape, layout)
+    hb = memory.human_bytes
+    logger.info("memory per rank (estimate, busiest rank, %s parameters, activations not included): weights %s + "
+                "gradients %s + optimizer state %s = %s", f"{mem.params:,}", hb(mem.weights), hb(mem.gradients),
+                hb(mem.optimizer), hb(mem.total))
+    if peak is not None:
+        logger.info("peak %.4g FLOP/s over %d rank(s) (%s): mfu in metrics.jsonl", peak, layout.world, peak_source)
+    else:
+        logger.warning("no peak FLOP/s for MFU: %s", peak_source)
     logger.info("run dir %s (pid %d)", os.path.abspath(cfg.run.dir), os.getpid())

@@ -1,0 +1,82 @@
+"""Memory per rank for weights, gradients and optimizer state: the ZeRO paper's arithmetic.
+
+Rajbhandari et al. 2020 (ZeRO), section 3/5: with Psi parameters on a rank, N_d data-parallel
+ranks and Adam, mixed precision keeps 2 Psi of half-precision weights, 2 Psi of gradients and
+K Psi = 12 Psi of optimizer state (fp32 master weights, momentum, variance); stage 1 divides the
+optimizer state by N_d, stage 2 also the gradients, stage 3 also the weights. We use the bytes our
+DeepSpeed config actually asks for:
+
+    precision  weights  gradients                         optimizer state
+    fp32       4        4                                 8  (Adam m, v)
+    bf16       2        4  (accumulated in fp32: data_types.grad_accum_dtype)  12 (fp32 master, m, v)
+    fp16       2        2                                 12 (fp32 master, m, v)
+
+bf16 at parallel.zero_stage=0 runs DeepSpeed's BF16_Optimizer, which shards its fp32 state like
+stage 1 (see deepspeed_config.deepspeed_zero_stage), so it is counted as stage 1. Psi is the rank
+holding the most parameters (the largest pipeline stage, its tensor slice). Activations, buffers,
+communication buckets and allocator fragmentation are not included: this is a floor, not a promise.
+"""
+
+from dataclasses import dataclass
+
+from gpt.config.training import TrainingConfig
+from gpt.config.validate import Layout
+from gpt.engine.deepspeed_config import deepspeed_zero_stage
+from gpt.engine.pipeline import stage_boundaries
+from gpt.model.build import ModelShape
+from gpt.model.gpt import layer_parameters
+
+# (weights, gradients, optimizer state) bytes per parameter.
+BYTES_PER_PARAM = {"fp32": (4, 4, 8), "bf16": (2, 4, 12), "fp16": (2, 2, 12)}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    params: int  # parameters held by the busiest rank (before ZeRO-3 partitioning)
+    zero_stage: int  # the stage DeepSpeed runs (bf16 at 0 runs as 1)
+    weights: float  # bytes
+    gradients: float
+    optimizer: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+
+def zero_memory(params: int, precision: str, zero_stage: int, data: int) -> MemoryEstimate:
+    """Bytes of weights, gradients and optimizer state on one rank holding `params` parameters."""
+    w, g, o = (b * params for b in BYTES_PER_PARAM[precision])
+    if zero_stage >= 1:
+        o /= data
+    if zero_stage >= 2:
+        g /= data
+    if zero_stage >= 3:
+        w /= data
+    return MemoryEstimate(params=params, zero_stage=zero_stage, weights=w, gradients=g, optimizer=o)
+
+
+def stage_parameters(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> list[int]:
+    """Parameters on one tensor rank of each pipeline stage (a tied embedding counts on both ends)."""
+    m = cfg.model
+    layers = layer_parameters(m, shape.padded_vocab, shape.ffn_hidden, layout.tensor)
+    if layout.pipeline == 1:
+        return [sum(layers)]
+    bounds = stage_boundaries(m, layout.pipeline, cfg.parallel.pipeline_layers)
+    stages = [sum(layers[a:b]) for a, b in zip(bounds, bounds[1:])]
+    if m.tie_embeddings:
+        stages[-1] += layers[0]  # the last stage holds its own copy of the Embedding for the head
+    return stages
+
+
+def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> MemoryEstimate:
+    """The busiest rank's weights/gradients/optimizer bytes for this run's layout, precision and ZeRO stage."""
+    return zero_memory(max(stage_parameters(cfg, shape, layout)), cfg.train.precision, deepspeed_zero_stage(cfg),
+                       layout.data)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.2f} {unit}" if unit != "B" else f"{n:.0f} B"
+        n /= 1024
+    return f"{n:.2f} TiB"
