@@ -10,8 +10,9 @@ relative on both keeps a 7x margin for other CPUs' rounding, while a lost Adam m
 off-by-one step count or a wrong data position moves them by more than 1e-3
 (`test_a_lost_optimizer_state_is_caught` checks that the comparison does fail). The same-layout
 resume on two processes (ZeRO-3) is held to the same reference and tolerance (its difference from
-one process is the data-parallel round-off, not the resume); one-process resumes are bit-identical
-(fp32: tests/trainer/test_pretrain.py; bf16: below).
+one process is the data-parallel round-off, not the resume); fp32 one-process resumes are
+bit-identical (tests/trainer/test_pretrain.py), and so are bf16 ones at DP=2
+(tests/engine/test_precision.py).
 """
 
 import json
@@ -96,17 +97,3 @@ def test_a_lost_optimizer_state_is_caught(shards, tmp_path, tp2_half, reference,
     with pytest.raises(AssertionError):
         assert_close(reference, run)
 
-
-def test_bf16_resume_is_identical_on_one_process(shards, tmp_path, twelve_steps):
-    """bf16 keeps fp32 master weights and moments in DeepSpeed's ZeRO optimizer; the checkpoint holds
-    those, and the bf16 copies forward() uses are re-derived from them, so 6 + 6 == 12 bit for bit.
-    (ZeRO 1: DeepSpeed 0.19 refuses bf16 at ZeRO 0 with fp32 gradient accumulation.)"""
-    bf16 = (*twelve_steps, "train.precision=bf16", "parallel.zero_stage=1")
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_module("gpt.pretrain", tiny_overrides(shards, straight, *bf16), check=True)
-    run_module("gpt.pretrain", tiny_overrides(shards, resumed, *bf16, "train.stop_at=6"), check=True)
-    run_module("gpt.pretrain", tiny_overrides(shards, resumed, *bf16), check=True)
-    keys = ("step", "loss", "grad_norm", "lr")
-    a, b = read_metrics(straight), read_metrics(resumed)
-    assert [tuple(r[k] for k in keys) for r in a[0]] == [tuple(r[k] for k in keys) for r in b[0]]
-    assert [(r["step"], r["val_loss"]) for r in a[1]] == [(r["step"], r["val_loss"]) for r in b[1]]
