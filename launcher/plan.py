@@ -61,6 +61,10 @@ def make_plan(command: str, overrides: Sequence[str], placement: Placement) -> L
     cfg = compose(command, list(overrides))
     if not isinstance(cfg, TrainingConfig):
         raise ConfigError(f"gpt.{command} is not a training command; run it directly (gpt-{command})")
+    if cfg.model.init_from:  # the real architecture (shapes decide which layouts are possible); no torch
+        from gpt.trainer.init_from import apply_architecture
+
+        apply_architecture(cfg)
     try:
         layout = validate_training(cfg, placement.world)
     except ConfigError as e:

@@ -26,10 +26,13 @@ def _parameters(engine):
     return engine.named_parameters(replicas=True)
 
 
-def load_weights(engine, source) -> None:
-    """Set every parameter of this rank to its slice from `source` (a TensorReader or FullTensors)."""
+def load_weights(engine, source, skip=lambda name: False) -> None:
+    """Set every parameter of this rank to its slice from `source` (a TensorReader or FullTensors),
+    except those `skip(name)` leaves at their init (PEFT parameters a base model does not have)."""
     ctx = engine.ctx
     for name, p in _parameters(engine):
+        if skip(name):
+            continue
         zero_state.set_param(p, source.read(name, dim=partition_dim(p), tp_rank=ctx.tp_rank, tp_size=ctx.layout.tensor))
     zero_state.sync_low_precision(engine.optimizer)
 

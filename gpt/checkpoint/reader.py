@@ -132,6 +132,19 @@ def check_architecture(meta: dict, model_cfg: dict, ckpt: Path) -> None:
                                   f"model.{key}={model_cfg.get(key)}; use the same model or a new run.dir")
 
 
+def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
+    """The shards' tokenizer must be the one the checkpoint was trained with (same ids for the same text)."""
+    saved = meta.get("tokenizer")
+    if saved is None:
+        return
+    ours = tokenizer.to_dict()
+    keys = (saved.keys() & ours.keys()) - {"source", "file"}
+    diff = sorted(k for k in keys if saved[k] != ours[k])
+    if diff:
+        raise CheckpointError(f"{ckpt} was trained with tokenizer {saved}, but the shards in {data_path} use "
+                              f"{ours} ({', '.join(diff)} differ); use data with the run's tokenizer or a new run.dir")
+
+
 def full_state_dict(ckpt: Path, meta: dict | None = None) -> dict[str, torch.Tensor]:
     """Every parameter as the one-process model holds it (tensor-parallel slices joined), fp32."""
     meta = meta or fmt.read_meta(ckpt)

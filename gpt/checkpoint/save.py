@@ -17,6 +17,7 @@ from gpt import log
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint import zero_state
 from gpt.config.secrets import redact
+from gpt.peft import is_peft_name
 
 logger = log.get("checkpoint")
 
@@ -56,7 +57,7 @@ def merge_index(gathered: list[tuple[int, dict, dict]]) -> tuple[dict, dict]:
         for name, info in idx.items():
             entry = merged.setdefault(name, {"shape": None, "partition_dim": info["partition_dim"],
                                              "moments": info["moments"], "trainable": info["trainable"],
-                                             "pieces": []})
+                                             "peft": info.get("peft", False), "pieces": []})
             entry["pieces"].append({"file": info["file"], "tp_rank": info["tp_rank"], "tp_size": info["tp_size"],
                                     "shape": info["shape"]})
     for entry in merged.values():
@@ -105,7 +106,8 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
                 tensors[fmt.moment_key(name, m)] = v.contiguous()
         index[name] = {"file": fmt.rank_file(ctx.rank), "shape": list(value.shape), "partition_dim": dim,
                        "tp_rank": ctx.tp_rank if dim is not None else 0, "tp_size": ctx.layout.tensor if dim is not None else 1,
-                       "moments": [m for m, v in moments.items() if v is not None], "trainable": p.requires_grad}
+                       "moments": [m for m, v in moments.items() if v is not None], "trainable": p.requires_grad,
+                       "peft": is_peft_name(name)}
     tensors[fmt.RNG_CPU] = torch.get_rng_state()
     if ctx.device.type == "cuda":
         tensors[fmt.RNG_CUDA] = torch.cuda.get_rng_state(ctx.device)

@@ -43,6 +43,7 @@ def compose_dictconfig(config_name: str, overrides: Sequence[str] = ()):
     from gpt.config import store
 
     store.register()
+    overrides = with_aliases(config_name, overrides)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name=config_name):
@@ -58,6 +59,18 @@ def compose_dictconfig(config_name: str, overrides: Sequence[str] = ()):
         raise ConfigError(one_line(e)) from None
     finally:
         GlobalHydra.instance().clear()
+
+
+def with_aliases(config_name: str, overrides: Sequence[str]) -> list[str]:
+    """`key=value` overrides whose key is an alias of this command (store.ALIASES) renamed to the real key."""
+    from gpt.config.store import ALIASES
+
+    aliases = ALIASES.get(config_name, {})
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        out.append(f"{aliases[key]}={value}" if sep and key in aliases else o)
+    return out
 
 
 _KEY_NOT_IN = re.compile(r"Key '([^']+)' not in '(\w+)'")

@@ -3,16 +3,22 @@
 from hydra.core.config_store import ConfigStore
 
 from gpt.config.commands import CheckpointToolConfig, EvaluateConfig, ExportConfig, GenerateConfig, PreprocessConfig
+from gpt.config.finetune import FinetuneConfig
 from gpt.config.training import TrainingConfig
 
 SCHEMAS = {
     "pretrain_schema": TrainingConfig,
+    "finetune_schema": FinetuneConfig,
     "preprocess_schema": PreprocessConfig,
     "generate_schema": GenerateConfig,
     "eval_schema": EvaluateConfig,
     "export_schema": ExportConfig,
     "checkpoint_schema": CheckpointToolConfig,
 }
+
+# Command-line spellings that name another key: `gpt-finetune checkpoint=<path>` reads like gpt-eval,
+# gpt-generate and gpt-export, while `checkpoint.*` stays the section of checkpoint-saving settings.
+ALIASES = {"finetune": {"checkpoint": "model.init_from"}}
 
 
 def register() -> None:

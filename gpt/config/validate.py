@@ -7,6 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
+from gpt.config.finetune import METHODS, lora_targets
 from gpt.config.training import TrainingConfig
 from gpt.errors import ConfigError
 
@@ -128,4 +129,29 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
 
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
+    validate_peft(cfg)
     return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step)
+
+
+def validate_peft(cfg) -> None:
+    """The `peft` section of a FinetuneConfig (a no-op for configs without one, e.g. pretraining)."""
+    peft = getattr(cfg, "peft", None)
+    if peft is None:
+        return
+    _check(bool(cfg.model.init_from), "gpt-finetune needs the weights to start from: checkpoint=<run.dir, checkpoint "
+                                      "directory, .../checkpoints/best, or a local Hugging Face directory>")
+    _one_of("peft.method", peft.method, METHODS)
+    if peft.method == "lora":
+        _check(peft.rank >= 1, f"peft.rank={peft.rank} must be at least 1")
+        _check(peft.alpha > 0, f"peft.alpha={peft.alpha} must be positive")
+        _check(0.0 <= peft.dropout < 1.0, f"peft.dropout={peft.dropout} must be in [0, 1)")
+        _check(len(peft.targets) > 0, "peft.targets is empty; name the layers to adapt, e.g. peft.targets=[attn.qkv,attn.proj]")
+        try:
+            lora_targets(peft.targets, cfg.model.activation)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    elif peft.method == "adapter":
+        _check(peft.bottleneck >= 1, f"peft.bottleneck={peft.bottleneck} must be at least 1")
+    elif peft.method == "bitfit":
+        _check(cfg.model.bias, "peft.method=bitfit trains only bias terms, and this model has none (model.bias=false, "
+                               "e.g. Llama); use peft=lora or peft=adapter")

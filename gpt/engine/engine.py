@@ -24,6 +24,27 @@ from gpt.model.gpt import weighted_loss
 from gpt.model.slots import Slots
 from gpt.parallel.context import ParallelContext
 from gpt.parallel.device import prepare_deepspeed
+from gpt.peft import apply_peft, trainable_counts
+
+
+@dataclass(frozen=True)
+class ParameterCounts:
+    """What trains, counted over the whole model as one process holds it, and on the busiest rank."""
+
+    trainable: int
+    total: int
+    busiest_rank_trainable: int  # for the memory estimate: gradients and optimizer state exist for these only
+
+
+def count_parameters(module: torch.nn.Module, ctx: ParallelContext) -> ParameterCounts:
+    """Collective over all ranks; call before DeepSpeed partitions anything."""
+    counts = torch.tensor(trainable_counts(module.parameters(), ctx.tp_rank), dtype=torch.float64)
+    if ctx.layout.tensor * ctx.layout.pipeline > 1:
+        dist.all_reduce(counts, group=ctx.model_parallel_group)
+    mine = torch.tensor([float(sum(p.numel() for p in module.parameters() if p.requires_grad))], dtype=torch.float64)
+    if ctx.layout.world > 1:
+        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    return ParameterCounts(int(counts[0]), int(counts[1]), int(mine[0]))
 
 
 @dataclass
@@ -36,10 +57,11 @@ class StepResult:
 class TrainEngine:
     """What the trainer and checkpoints use; subclasses hold a DeepSpeed engine in `self.ds`."""
 
-    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig):
+    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts"):
         self.ds = ds
         self.ctx = ctx
         self.cfg = cfg
+        self.counts = counts
 
     @property
     def optimizer(self):
@@ -152,6 +174,11 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
         module = build_model(cfg.model, shape, seed=cfg.train.seed, tp_size=layout.tensor, tp_group=ctx.tp_group)
         module.activation_checkpointing = cfg.train.activation_checkpointing
         mpu = ctx.mpu()
+    peft = getattr(cfg, "peft", None)  # a FinetuneConfig's; pretraining trains everything
+    if peft is not None:
+        canonical = partial(canonical_name, n_layer=cfg.model.n_layer) if layout.pipeline > 1 else (lambda name: name)
+        apply_peft(module, peft, cfg.model, slots=slots, seed=cfg.train.seed, canonical=canonical)
+    counts = count_parameters(module, ctx)
     optimizer = build_optimizer(module.named_parameters(), cfg.optim, plain_fp32=plain,
                                 norm_fn=partial(global_grad_norm, tp_rank=ctx.tp_rank,
                                                 model_parallel_group=ctx.model_parallel_group),
@@ -159,5 +186,5 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
         ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg, layout), mpu=mpu)
     log.get("engine").debug("deepspeed engine %s ready", type(ds).__name__)
-    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg)
+    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts)
 

@@ -43,9 +43,12 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer
 
 
-def zero_memory(params: int, precision: str, zero_stage: int, data: int) -> MemoryEstimate:
-    """Bytes of weights, gradients and optimizer state on one rank holding `params` parameters."""
-    w, g, o = (b * params for b in BYTES_PER_PARAM[precision])
+def zero_memory(params: int, precision: str, zero_stage: int, data: int, trainable: int | None = None) -> MemoryEstimate:
+    """Bytes of weights, gradients and optimizer state on one rank holding `params` parameters, of
+    which `trainable` (default: all) have gradients and optimizer state (frozen ones have neither)."""
+    trainable = params if trainable is None else trainable
+    bw, bg, bo = BYTES_PER_PARAM[precision]
+    w, g, o = bw * params, bg * trainable, bo * trainable
     if zero_stage >= 1:
         o /= data
     if zero_stage >= 2:
@@ -68,10 +71,11 @@ def stage_parameters(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> 
     return stages
 
 
-def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> MemoryEstimate:
-    """The busiest rank's weights/gradients/optimizer bytes for this run's layout, precision and ZeRO stage."""
+def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout, trainable: int | None = None) -> MemoryEstimate:
+    """The busiest rank's weights/gradients/optimizer bytes for this run's layout, precision and ZeRO
+    stage; `trainable`: parameters that train on the busiest rank (fine-tuning), default all."""
     return zero_memory(max(stage_parameters(cfg, shape, layout)), cfg.train.precision, deepspeed_zero_stage(cfg),
-                       layout.data)
+                       layout.data, trainable)
 
 
 def human_bytes(n: float) -> str:

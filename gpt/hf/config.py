@@ -7,6 +7,8 @@ Llama (`LlamaForCausalLM`, grouped-query attention and biases included). Anythin
 computes a different function.
 """
 
+import json
+import logging
 from pathlib import Path
 
 from gpt.config.validate import ffn_hidden as default_ffn_hidden
@@ -117,3 +119,45 @@ def from_hf_config(cfg: dict, where: Path) -> dict:
                 "position": "rope", "rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
                 "tie_embeddings": cfg.get("tie_word_embeddings", False), "init_std": cfg.get("initializer_range", 0.02)}
     raise ConfigError(f"{where}: model_type={kind!r}; model.init_from loads gpt2 and llama models")
+
+
+# What an HF config.json decides (model.init_from); a resumed run takes them from its own checkpoint instead.
+ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_kv_head", "n_embd", "ffn_hidden", "max_seq_len", "vocab_size", "bias",
+                     "norm", "norm_eps", "activation", "position", "rope_theta", "tie_embeddings")
+
+
+def hf_dir(path: str) -> Path:
+    d = Path(path)
+    if not (d / "config.json").is_file():
+        raise ConfigError(f"model.init_from={path}: no config.json there; give a local Hugging Face model directory "
+                          f"(gpt never downloads: save one with save_pretrained, or use gpt-export)")
+    return d
+
+
+def read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path} is not a config object")
+    return cfg
+
+
+def architecture(directory: Path) -> dict:
+    """The `model.*` keys the HF config implies (and the directory's name as model.name)."""
+    return {"name": directory.resolve().name, **from_hf_config(read_config(directory), directory / "config.json")}
+
+
+def apply_architecture(model_cfg, fields: dict, source: str) -> list[str]:
+    """Set `fields` on model_cfg (a ModelConfig); returns 'key: old -> new' for each change."""
+    changes = []
+    for key, value in fields.items():
+        old = getattr(model_cfg, key)
+        if old != value:
+            changes.append(f"model.{key}: {old} -> {value}")
+            setattr(model_cfg, key, value)
+    if changes:
+        logging.getLogger("gpt.init_from").info("architecture from %s: %s", source, "; ".join(changes))
+    return changes

@@ -7,11 +7,11 @@ import torch
 from omegaconf import OmegaConf
 
 from gpt import log
-from gpt.checkpoint import format as ckpt_format
+from gpt.checkpoint.base_weights import SHAPE_KEYS, same_peft, saved_peft
 from gpt.checkpoint.load import load as load_checkpoint
 from gpt.checkpoint.load import load_weights
 from gpt.checkpoint.load import select as select_checkpoint
-from gpt.checkpoint.reader import check_architecture
+from gpt.checkpoint.reader import check_architecture, check_tokenizer
 from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
@@ -27,6 +27,7 @@ from gpt.parallel import context as parallel
 from gpt.parallel.peak import job_peak
 from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
+from gpt.trainer import init_from
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
 
@@ -53,8 +54,9 @@ def _write_config(cdict: dict, run_dir: Path) -> None:
 
 
 def pretrain(cfg: TrainingConfig) -> int:
+    """gpt-pretrain and gpt-finetune: one training run, from scratch, from model.init_from, or resumed."""
     if cfg.model.init_from:
-        prepare_init_from(cfg)
+        init_from.prepare(cfg, data_dir(cfg))
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     stop = StopRequest().install()
@@ -71,22 +73,7 @@ def pretrain(cfg: TrainingConfig) -> int:
         parallel.destroy()
 
 
-def prepare_init_from(cfg: TrainingConfig) -> None:
-    """model.init_from: take the architecture from the HF config (a fresh run) or from the run's own
-    checkpoint (a resume, which never needs the HF directory again), and check the tokenizer."""
-    from gpt.hf import init_from
-
-    for ckpt in ckpt_format.candidates(cfg.run.dir):
-        try:
-            saved = ckpt_format.read_meta(ckpt)["config"]["model"]
-        except CheckpointError:
-            continue  # damaged: the resume itself reports it (or falls back)
-        init_from.apply_architecture(cfg.model, {k: saved[k] for k in init_from.ARCHITECTURE_KEYS if k in saved},
-                                     str(ckpt))
-        return
-    directory = init_from.hf_dir(cfg.model.init_from)
-    init_from.apply_architecture(cfg.model, init_from.architecture(directory), str(directory / "config.json"))
-    init_from.check_tokenizer(directory, load_tokenizer(data_dir(cfg)), data_dir(cfg))
+finetune = pretrain  # a FinetuneConfig adds the `peft` section, which build_engine applies
 
 
 def resume(session: Session, shape) -> None:
@@ -97,6 +84,7 @@ def resume(session: Session, shape) -> None:
         ckpt, meta = selected
         check_architecture(meta, session.config_dict["model"], ckpt)
         check_tokenizer(meta, session.tokenizer, ckpt, data_dir(cfg))
+        check_peft(meta, cfg, ckpt)
         session.state = TrainerState.from_dict(meta["trainer"])
         session.state.bad_steps_in_row = 0  # a resume after a divergence gets train.max_bad_steps fresh tries
         load_checkpoint(engine, ckpt, meta=meta, materialize=lambda: materialize_optimizer_state(session))
@@ -104,26 +92,21 @@ def resume(session: Session, shape) -> None:
             logger.info("resumed from %s at step %d (%d samples consumed)", ckpt, session.state.step,
                         session.state.consumed_samples)
     elif cfg.model.init_from:
-        from gpt.hf.init_from import weight_source
-
-        load_weights(engine, weight_source(Path(cfg.model.init_from), cfg.model, shape.padded_vocab))
-        # Step 0 in our format: the run is self-contained from here on (resumes never read the HF dir).
+        source, skip = init_from.weight_source(cfg, shape.padded_vocab)
+        load_weights(engine, source, skip=skip)
+        # Step 0 in our format: the run is self-contained from here on (resumes never read the source again).
         save(session)
         if ctx.is_logging_rank:
             logger.info("initialised from %s (saved as step 0)", cfg.model.init_from)
 
 
-def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
-    """The shards' tokenizer must be the one the checkpoint was trained with (same ids for the same text)."""
-    saved = meta.get("tokenizer")
-    if saved is None:
-        return
-    ours = tokenizer.to_dict()
-    keys = (saved.keys() & ours.keys()) - {"source", "file"}
-    diff = sorted(k for k in keys if saved[k] != ours[k])
-    if diff:
-        raise CheckpointError(f"{ckpt} was trained with tokenizer {saved}, but the shards in {data_path} use "
-                              f"{ours} ({', '.join(diff)} differ); use data with the run's tokenizer or a new run.dir")
+def check_peft(meta: dict, cfg: TrainingConfig, ckpt: Path) -> None:
+    """A resume must build the same PEFT tensors the checkpoint holds (method, rank, targets, ...)."""
+    saved, peft = saved_peft(meta), getattr(cfg, "peft", None)
+    if not same_peft(saved, peft):
+        now = {k: v for k, v in vars(peft).items() if k in ("method", *SHAPE_KEYS[peft.method])} if peft else {"method": "none"}
+        raise CheckpointError(f"{ckpt} was trained with peft {({k: saved.get(k) for k in ('method', *SHAPE_KEYS[saved['method']])})}, "
+                              f"the config says {now}; use the same peft settings or a new run.dir")
 
 
 def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True) -> Session:
@@ -147,7 +130,7 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     session.flops_per_token = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
     session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
-        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source)
+        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts)
     session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
@@ -155,7 +138,7 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     return session
 
 
-def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str) -> None:
+def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str, counts) -> None:
     """What a user checks before burning GPU hours: size, cost per token, layout, memory, peak."""
     layout = ctx.layout
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
@@ -171,11 +154,20 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     logger.info("precision %s; ZeRO stage %d%s; %s; %s (%s)", cfg.train.precision, cfg.parallel.zero_stage, note,
                 "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
                 ctx.device, ctx.backend)
-    mem = memory.estimate(cfg, shape, layout)
+    frozen = counts.trainable < counts.total
+    mem = memory.estimate(cfg, shape, layout, counts.busiest_rank_trainable if frozen else None)
     hb = memory.human_bytes
     logger.info("memory per rank (estimate, busiest rank, %s parameters, activations not included): weights %s + "
                 "gradients %s + optimizer state %s = %s", f"{mem.params:,}", hb(mem.weights), hb(mem.gradients),
                 hb(mem.optimizer), hb(mem.total))
+    if frozen:
+        full = memory.estimate(cfg, shape, layout)
+        peft = getattr(cfg, "peft", None)
+        logger.info("trainable: %s of %s parameters (%.3g%%, peft %s); frozen weights have no gradients and no "
+                    "optimizer state: %s of optimizer state and %s of gradients saved per rank against full fine-tuning",
+                    f"{counts.trainable:,}", f"{counts.total:,}", 100.0 * counts.trainable / counts.total,
+                    peft.method if peft is not None else "-", hb(full.optimizer - mem.optimizer),
+                    hb(full.gradients - mem.gradients))
     if peak is not None:
         logger.info("peak %.4g FLOP/s over %d rank(s) (%s): mfu in metrics.jsonl", peak, layout.world, peak_source)
     else:
