@@ -80,7 +80,7 @@ def run(cfg) -> int:
     if cfg.temperature < 0 or cfg.max_new_tokens < 0 or cfg.repetition_penalty <= 0:
         raise ConfigError("temperature and max_new_tokens must not be negative; repetition_penalty must be > 0")
     prompts = _prompts(cfg.prompt_file) if cfg.prompt_file else None
-    loaded = load_model(cfg.checkpoint, cfg.device)
+    loaded = load_model(cfg.checkpoint, cfg.device, merge_peft=cfg.merge_peft)
     out = sys.stdout
     try:
         if prompts is None:

@@ -21,11 +21,35 @@ class TokenizerConfig:
 
 
 @dataclass(kw_only=True)
+class SftConfig:
+    """How instruction records become one training document each (gpt-preprocess format=sft)."""
+
+    prompt_key: str = "prompt"
+    """Field of a prompt/response record holding the prompt (the user's turn)."""
+    response_key: str = "response"
+    """Field of a prompt/response record holding the response (trained on)."""
+    messages_key: str = "messages"
+    """Field of a chat record: a list of {"role": system|user|assistant, "content": text}; every assistant turn is trained on."""
+    system_prefix: str = "### System:\n"
+    """Written before a system message (not trained on)."""
+    user_prefix: str = "### User:\n"
+    """Written before a user message / the prompt (not trained on)."""
+    assistant_prefix: str = "### Assistant:\n"
+    """Written before an assistant message / the response (not trained on: generation prompts end with it)."""
+    separator: str = "\n\n"
+    """Written after every message but the last; after an assistant message it is trained on (it ends the turn)."""
+
+
+@dataclass(kw_only=True)
 class PreprocessConfig:
     """What gpt-preprocess composes from conf/preprocess.yaml."""
 
     input: Any = None
     """A file, directory, glob, `stdlib` (this Python's standard library sources), or a list of those."""
+    format: str = "pretrain"
+    """pretrain (plain text documents, every token trained on) | sft (instruction records from .jsonl/.jsonl.gz/.parquet, with a loss mask: only response tokens are trained on)."""
+    sft: SftConfig = field(default_factory=SftConfig)
+    """format=sft: record fields and the template that joins the turns."""
     output: Optional[str] = None
     """Directory to write the token shards and metadata.json into."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -74,6 +98,8 @@ class GenerateConfig:
     """Divide the logits of tokens already in the text by this (>1 discourages repeats; 1 is off)."""
     use_cache: bool = True
     """Reuse attention keys/values across steps (same output, much faster)."""
+    merge_peft: bool = True
+    """A LoRA fine-tuned checkpoint: fold the factors into the weights on load (same output up to fp32 round-off, no extra matmuls per token); false runs the LoRA branches as in training."""
 
 
 @dataclass(kw_only=True)
@@ -104,6 +130,8 @@ class ExportConfig:
     """Directory to write the exported model into (created; written beside it and renamed into place)."""
     format: str = "hf"
     """hf: a Hugging Face transformers directory (GPT2LMHeadModel or LlamaForCausalLM, safetensors, fast tokenizer)."""
+    merge_peft: bool = False
+    """A fine-tuned checkpoint: true folds LoRA into the base weights (a plain model; BitFit is always plain); false writes the plain base model to <output>/base and the trained PEFT tensors on their own in <output> (LoRA in the `peft` library's format)."""
     dtype: str = "fp32"
     """fp32 | bf16 | fp16: the dtype of the exported weights (checkpoints hold fp32)."""
     overwrite: bool = False

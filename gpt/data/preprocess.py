@@ -31,6 +31,10 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _check_options(cfg)
     output = Path(os.path.expanduser(cfg.output))
     check_output(output, cfg.overwrite)  # before any work, not only when renaming
+    if cfg.format == "sft":
+        from gpt.data.sft import preprocess_sft
+
+        return preprocess_sft(cfg, output, _build_tokenizer)
     files = resolve_inputs(cfg.input, cfg.split)
     tasks = group_tasks(plan_pieces(files, cfg.task_bytes, cfg.text_key), cfg.task_bytes)
     total_bytes = sum(p.nbytes for t in tasks for p in t)
@@ -63,6 +67,7 @@ def _check_options(cfg: PreprocessConfig) -> None:
         if value not in options:
             raise ConfigError(f"{key}={value} is not one of {'|'.join(options)}")
 
+    one_of("format", cfg.format, ("pretrain", "sft"))
     one_of("tokenizer.kind", cfg.tokenizer.kind, KINDS)
     one_of("split", cfg.split, ("blank_lines", "file"))
     one_of("on_error", cfg.on_error, ("fail", "skip"))

@@ -157,10 +157,11 @@ def atomic_output(output, overwrite: bool = False) -> Iterator[Path]:
 
 def write_token_shards(output, tokenizer, documents: Iterable[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]], *,
                        source: dict, shard_tokens: int = 64_000_000, loss_mask: bool = False,
-                       overwrite: bool = False) -> dict:
+                       overwrite: bool = False, finish=None) -> dict:
     """A complete shard directory from chunks of (tokens [t], lengths [d], loss mask [t] or None).
 
     For writers other than gpt-preprocess (fine-tuning data, synthetic benchmarks); returns the metadata.
+    `finish(meta)` may add what is known only after the last chunk, before metadata.json is written.
     """
     dtype = dtype_for(tokenizer.vocab_size)
     with atomic_output(output, overwrite) as tmp:
@@ -175,6 +176,8 @@ def write_token_shards(output, tokenizer, documents: Iterable[Tuple[np.ndarray, 
         if not shards:
             raise DataError(f"output={output}: no documents to write")
         meta = metadata(tokenizer.to_dict(), dtype, shards, source)
+        if finish is not None:
+            finish(meta)
         write_json_atomic(tmp / METADATA_FILE, meta)
     return meta
 

@@ -8,13 +8,16 @@ from omegaconf import OmegaConf
 
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint.reader import full_state_dict
+from gpt.config.finetune import PeftConfig
 from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
 from gpt.data import tokenizer_from_dict
 from gpt.errors import CheckpointError
 from gpt.model.build import ModelShape, build_model, model_shape
 from gpt.model.gpt import GPT
+from gpt.model.slots import Slots
 from gpt.parallel import context as parallel
+from gpt.peft import apply_peft, merge_peft_modules
 
 
 @dataclass
@@ -30,7 +33,17 @@ def model_config(meta: dict) -> ModelConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), meta["config"]["model"]))
 
 
-def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
+def peft_config(meta: dict):
+    """The PeftConfig a checkpoint was fine-tuned with (None: a plain model)."""
+    saved = meta["config"].get("peft")
+    if not saved or saved.get("method", "none") == "none":
+        return None
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PeftConfig), saved))
+
+
+def load_model(path: str | Path, device: str = "auto", *, merge_peft: bool = False) -> LoadedModel:
+    """The checkpoint's model in one process; a fine-tuned one with its PEFT modules rebuilt (the
+    layers its config records), or with LoRA folded into the weights when `merge_peft`."""
     # Sizes only: hashing every file (moments included) would cost a large model minutes per start;
     # resume and export check the sha256 sums.
     ckpt = fmt.resolve(path, verify=False)
@@ -44,9 +57,15 @@ def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     shape = model_shape(cfg, tokenizer.vocab_size)
     ctx = parallel.initialize(Layout(1, 1, 1, 1, 1), device)  # megatron layers want a (one-rank) group
     model = build_model(cfg, shape, seed=0, tp_size=1, tp_group=ctx.tp_group)
+    peft = peft_config(meta)
+    if peft is not None:
+        apply_peft(model, peft, cfg, slots=Slots(1, ctx.tp_group), seed=0)
     missing, unexpected = model.load_state_dict(full_state_dict(ckpt, meta), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt} does not match the model it records: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if peft is not None and merge_peft:
+        merge_peft_modules(model)
+    model.requires_grad_(False)
     model.to(ctx.device).eval()
     return LoadedModel(model, tokenizer, shape, meta, ckpt)
 

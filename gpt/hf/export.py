@@ -23,8 +23,10 @@ from gpt.data import tokenizer_from_dict
 from gpt.errors import CheckpointError, ConfigError
 from gpt.hf.config import family, to_hf_config
 from gpt.hf.files import write_weights
+from gpt.hf.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GPT_PEFT, lora_to_peft
 from gpt.hf.tokenizer import export_tokenizer
 from gpt.hf.weights import to_hf
+from gpt.peft import is_peft_name, merge_lora_state
 
 logger = log.get("export")
 DTYPES = {"fp32": (torch.float32, "float32"), "bf16": (torch.bfloat16, "bfloat16"), "fp16": (torch.float16, "float16")}
@@ -52,8 +54,13 @@ def finish_output(tmp: Path, output: Path) -> None:
     tmp.rename(output)
 
 
-def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str = "fp32", overwrite: bool = False) -> Path:
-    """Write the HF directory for `checkpoint` (a run.dir or a checkpoint dir) to `output`."""
+def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str = "fp32", overwrite: bool = False,
+              merge_peft: bool = False) -> Path:
+    """Write the HF directory for `checkpoint` (a run.dir, checkpoint dir or pointer file) to `output`.
+
+    A fine-tuned checkpoint: `merge_peft` folds LoRA into the weights (a plain model); otherwise the
+    plain base model goes to `output/base` and the PEFT tensors on their own to `output`.
+    """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype={dtype} is not one of {'|'.join(DTYPES)}")
     ckpt = fmt.resolve(checkpoint)
@@ -66,17 +73,62 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str = "fp32"
         raise CheckpointError(f"{ckpt / fmt.META} records no tokenizer, which the export needs")
     tokenizer = tokenizer_from_dict(meta["tokenizer"], ckpt)
     vocab = m.get("vocab_size") or tokenizer.vocab_size
-    torch_dtype, dtype_name = DTYPES[dtype]
-    tensors = {k: v.to(torch_dtype) for k, v in to_hf(full_state_dict(ckpt, meta), m, vocab).items()}
+    peft = meta["config"].get("peft") or {"method": "none"}
+    method = peft["method"]
+    if method == "adapter" and merge_peft:
+        raise ConfigError(f"{ckpt} was fine-tuned with bottleneck adapters, which are nonlinear and cannot be folded "
+                          f"into the weights; export with merge_peft=false (base model + adapter tensors)")
+    state = full_state_dict(ckpt, meta)
+    separate = method in ("lora", "adapter") and not merge_peft
+    peft_tensors = {k: v for k, v in state.items() if is_peft_name(k)}
+    base = {k: v for k, v in state.items() if not is_peft_name(k)} if separate else merge_lora_state(state, peft)
 
     output = Path(output)
     tmp = prepare_output(output, overwrite)
-    files = write_weights(tensors, tmp)
-    eod, eod_id = export_tokenizer(tokenizer, tmp, model_max_length=m["max_seq_len"])
-    _write_json(tmp / "config.json", to_hf_config(m, vocab_size=vocab, eos_id=eod_id, bos_id=eod_id, dtype=dtype_name))
-    _write_json(tmp / "generation_config.json", {"bos_token_id": eod_id, "eos_token_id": eod_id, "pad_token_id": eod_id})
-    _write_json(tmp / SOURCE, {"checkpoint": str(ckpt.resolve()), "step": meta["step"], "code": meta.get("code"),
-                               "layout": meta["layout"], "dtype": dtype, "end_of_document": eod})
+    source = {"checkpoint": str(ckpt.resolve()), "step": meta["step"], "code": meta.get("code"),
+              "layout": meta["layout"], "dtype": dtype, "peft": peft, "merged_peft": method != "none" and not separate}
+    model_dir = tmp / "base" if separate else tmp
+    model_dir.mkdir(exist_ok=True)
+    files = _write_model(base, m, vocab, tokenizer, model_dir, dtype, source)
+    if separate:
+        export_tokenizer(tokenizer, tmp, model_max_length=m["max_seq_len"])
+        files += _write_peft(peft_tensors, m, peft, tmp, output, dtype, source)
     finish_output(tmp, output)
-    logger.info("exported %s (step %d, %s) to %s: %s", ckpt, meta["step"], family(m), output, ", ".join(files))
+    logger.info("exported %s (step %d, %s%s) to %s: %s", ckpt, meta["step"], family(m),
+                f", peft {method}" + (" merged" if not separate else " on its own, base model in base/")
+                if method != "none" else "", output, ", ".join(files))
     return output
+
+
+def _write_model(state: dict, m: dict, vocab: int, tokenizer, out: Path, dtype: str, source: dict) -> list[str]:
+    """A plain transformers model directory from our (merged or base) full state dict."""
+    torch_dtype, dtype_name = DTYPES[dtype]
+    tensors = {k: v.to(torch_dtype) for k, v in to_hf(state, m, vocab).items()}
+    files = write_weights(tensors, out)
+    eod, eod_id = export_tokenizer(tokenizer, out, model_max_length=m["max_seq_len"])
+    _write_json(out / "config.json", to_hf_config(m, vocab_size=vocab, eos_id=eod_id, bos_id=eod_id, dtype=dtype_name))
+    _write_json(out / "generation_config.json", {"bos_token_id": eod_id, "eos_token_id": eod_id, "pad_token_id": eod_id})
+    _write_json(out / SOURCE, {**source, "end_of_document": eod})
+    return files
+
+
+def _write_peft(tensors: dict, m: dict, peft: dict, tmp: Path, output: Path, dtype: str, source: dict) -> list[str]:
+    """LoRA in the `peft` library's format; adapters under our names with gpt_peft.json."""
+    from safetensors.torch import save_file
+
+    torch_dtype = DTYPES[dtype][0]
+    if peft["method"] == "lora":
+        weights, config = lora_to_peft(tensors, m, peft)
+        # Where the base model will be once the directory is in place (peft loads it from here).
+        config["base_model_name_or_path"] = str((output / "base").resolve())
+        _write_json(tmp / ADAPTER_CONFIG, config)
+        save_file({k: v.to(torch_dtype).contiguous() for k, v in weights.items()}, str(tmp / ADAPTER_WEIGHTS),
+                  metadata={"format": "pt"})
+        _write_json(tmp / SOURCE, source)
+        return [ADAPTER_CONFIG, ADAPTER_WEIGHTS]
+    save_file({k: v.to(torch_dtype).contiguous() for k, v in tensors.items()}, str(tmp / "adapters.safetensors"),
+              metadata={"format": "pt"})
+    _write_json(tmp / GPT_PEFT, {**peft, "placement": "blocks.<i>.attn.proj.adapter.* follows the attention output "
+                                 "projection, blocks.<i>.mlp.<proj|down>.adapter.* the MLP output projection: "
+                                 "h + up(gelu(down(h)))", "source": source})
+    return ["adapters.safetensors", GPT_PEFT]
