@@ -71,6 +71,22 @@ def complete(loaded, cfg, prompt: str, write=None) -> str:
     return text
 
 
+def _template(loaded, chat: bool):
+    """chat=true: prompt -> the untrained prefix of an instruction record, as the fine-tuning data rendered it."""
+    if not chat:
+        return lambda prompt: prompt
+    from gpt.config.commands import SftConfig
+    from gpt.data.sft import prompt_text
+    from gpt.errors import ConfigError
+
+    saved = loaded.meta.get("sft_template")
+    if saved is None:
+        raise ConfigError(f"chat=true: {loaded.checkpoint} was not trained on instruction data (gpt-preprocess "
+                          f"format=sft), so it records no template; give the whole prompt instead")
+    template = SftConfig(**{k: v for k, v in saved.items() if k in SftConfig.__dataclass_fields__})
+    return lambda prompt: prompt_text(prompt, template)
+
+
 def run(cfg) -> int:
     from gpt.errors import ConfigError
     from gpt.generation.loading import load_model, release
@@ -81,20 +97,21 @@ def run(cfg) -> int:
         raise ConfigError("temperature and max_new_tokens must not be negative; repetition_penalty must be > 0")
     prompts = _prompts(cfg.prompt_file) if cfg.prompt_file else None
     loaded = load_model(cfg.checkpoint, cfg.device, merge_peft=cfg.merge_peft)
+    wrap = _template(loaded, cfg.chat)
     out = sys.stdout
     try:
         if prompts is None:
-            out.write(cfg.prompt)
+            out.write(wrap(cfg.prompt))
 
             def write(text):
                 out.write(text)
                 out.flush()
 
-            complete(loaded, cfg, cfg.prompt, write)
+            complete(loaded, cfg, wrap(cfg.prompt), write)
             out.write("\n")
         else:
             for prompt in prompts:
-                out.write(json.dumps({"prompt": prompt, "completion": complete(loaded, cfg, prompt)}) + "\n")
+                out.write(json.dumps({"prompt": prompt, "completion": complete(loaded, cfg, wrap(prompt))}) + "\n")
                 out.flush()
     finally:
         release()

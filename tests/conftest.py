@@ -8,7 +8,8 @@ Helper functions live in helpers.py (importable as `helpers`: pytest puts tests/
 from pathlib import Path
 
 import pytest
-from helpers import run_module, shakespeare_path
+from finetuning import finetune_overrides, make_sft_shards
+from helpers import run_module, shakespeare_path, tiny_overrides, torchrun
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +33,35 @@ def shards(tmp_path_factory, corpus_file) -> Path:
     out = tmp_path_factory.mktemp("shards") / "bytes"
     run_module("gpt.preprocess", [f"input={corpus_file}", f"output={out}", "tokenizer.kind=byte"], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def sft_shards(tmp_path_factory) -> Path:
+    """Instruction records (two-digit sums) preprocessed with gpt-preprocess format=sft (see finetuning.py)."""
+    return make_sft_shards(tmp_path_factory.mktemp("sft"))
+
+
+@pytest.fixture(scope="session")
+def base_run(shards, tmp_path_factory) -> Path:
+    """A pretrained run.dir to fine-tune: the tiny model, 10 steps on `shards`."""
+    run = tmp_path_factory.mktemp("base") / "run"
+    run_module("gpt.pretrain", tiny_overrides(shards, run, "eval.every=0", "device=cpu"), check=True)
+    return run
+
+
+@pytest.fixture(scope="session")
+def finetune(base_run, sft_shards, tmp_path_factory):
+    """finetune(nproc, *overrides) -> (run.dir, completed process) of gpt-finetune from `base_run` on
+    `sft_shards`; each distinct command runs once per session."""
+    done: dict = {}
+
+    def run(nproc: int, *extra: str):
+        key = (nproc, extra)
+        if key not in done:
+            run_dir = tmp_path_factory.mktemp("finetune") / "run"
+            args = finetune_overrides(base_run, sft_shards, run_dir, *extra)
+            proc = run_module("gpt.finetune", args, check=True) if nproc == 1 else torchrun(nproc, "gpt.finetune", args)
+            done[key] = (run_dir, proc)
+        return done[key]
+
+    return run

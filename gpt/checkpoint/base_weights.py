@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from gpt.checkpoint.reader import TensorReader, tp_slice
+from gpt.config.finetune import lora_targets
 from gpt.errors import ConfigError
 from gpt.peft import is_peft_name
 from gpt.peft.merge import LORA_A, LORA_B, lora_scale
@@ -24,12 +25,17 @@ def saved_peft(meta: dict) -> dict:
     return meta["config"].get("peft") or {"method": "none"}
 
 
-def same_peft(saved: dict, peft) -> bool:
-    """Whether a run with `peft` (a PeftConfig, or None) has exactly the saved PEFT tensors."""
+def same_peft(saved: dict, peft, activation: str) -> bool:
+    """Whether a run with `peft` (a PeftConfig, or None) has exactly the saved PEFT tensors
+    (`activation`: the model's, to compare LoRA targets with `attn`/`mlp` expanded)."""
     method = peft.method if peft is not None else "none"
-    return method == saved["method"] and all(list(saved.get(k) or []) == list(getattr(peft, k) or [])
-                                             if k == "targets" else saved.get(k) == getattr(peft, k)
-                                             for k in SHAPE_KEYS[method])
+
+    def same(key):
+        if key == "targets":
+            return lora_targets(saved.get(key) or [], activation) == lora_targets(peft.targets, activation)
+        return saved.get(key) == getattr(peft, key)
+
+    return method == saved["method"] and all(same(k) for k in SHAPE_KEYS[method])
 
 
 class CheckpointWeights:
@@ -39,7 +45,7 @@ class CheckpointWeights:
         self.reader = TensorReader(ckpt, meta)
         self.meta = meta
         saved = saved_peft(meta)
-        self.keep = same_peft(saved, peft)
+        self.keep = same_peft(saved, peft, meta["config"]["model"]["activation"])
         if saved["method"] == "adapter" and not self.keep:
             raise ConfigError(f"{ckpt} was fine-tuned with bottleneck adapters (peft.bottleneck={saved.get('bottleneck')}), "
                               f"which cannot be folded into the weights; continue it with peft=adapter "

@@ -70,7 +70,7 @@ def merge_index(gathered: list[tuple[int, dict, dict]]) -> tuple[dict, dict]:
 
 
 def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run_dir: str | Path,
-         keep_last: int = 0, keep: tuple[str, ...] = ()) -> Path:
+         keep_last: int = 0, keep: tuple[str, ...] = (), sft_template: dict | None = None) -> Path:
     """Write checkpoint `step_<step>` of this run (a collective: call on every rank)."""
     t0 = time.perf_counter()
     ctx = engine.ctx
@@ -128,6 +128,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
                        "precision": config.get("train", {}).get("precision")},
             "rng": True,
             "tokenizer": redact(tokenizer.to_dict()) if tokenizer is not None else None,
+            "sft_template": sft_template,
             "code": code_version(), "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "files": files, "tensors": merged,
         }

@@ -98,6 +98,8 @@ class GenerateConfig:
     """Divide the logits of tokens already in the text by this (>1 discourages repeats; 1 is off)."""
     use_cache: bool = True
     """Reuse attention keys/values across steps (same output, much faster)."""
+    chat: bool = False
+    """Wrap each prompt in the template of the instruction data the checkpoint was fine-tuned on (gpt-preprocess format=sft; recorded in the checkpoint), i.e. `### User:\n<prompt>\n\n### Assistant:\n` by default, so the model answers it."""
     merge_peft: bool = True
     """A LoRA fine-tuned checkpoint: fold the factors into the weights on load (same output up to fp32 round-off, no extra matmuls per token); false runs the LoRA branches as in training."""
 

@@ -26,7 +26,7 @@ class PeftConfig:
     """LoRA: the update B@A is scaled by alpha/rank."""
     dropout: float = 0.0
     """LoRA: dropout on the input of the low-rank branch (0: none)."""
-    targets: List[str] = field(default_factory=lambda: ["attn.qkv", "attn.proj"])
+    targets: List[str] = field(default_factory=lambda: ["attn.qkv"])
     """LoRA: the linear layers of every block to adapt: attn.qkv, attn.proj, mlp.fc, mlp.proj (GPT-2 MLP), mlp.gate, mlp.up, mlp.down (SwiGLU MLP); `attn` and `mlp` name all of a branch."""
     bottleneck: int = 32
     """Adapters: hidden size of the bottleneck adapter (down-projection, GELU, up-projection, residual) after the attention and after the MLP of every block."""

@@ -59,6 +59,11 @@ class BatchLoader:
         return self.sources[0].shards.eod_id
 
     @property
+    def sft_template(self) -> Optional[dict]:
+        """The template that rendered instruction data (gpt-preprocess format=sft), else None."""
+        return self.sources[0].shards.meta.get("source", {}).get("sft")
+
+    @property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer that wrote these shards (loaded on each access; keep it)."""
         return self.sources[0].shards.tokenizer()

@@ -56,7 +56,7 @@ def save(s: Session) -> None:
     best = s.state.best_step
     save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
                     tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
-                    keep=(ckpt_format.step_dir_name(best),) if best else ())
+                    keep=(ckpt_format.step_dir_name(best),) if best else (), sft_template=s.train_data.sft_template)
 
 
 def materialize_optimizer_state(s: Session) -> None:

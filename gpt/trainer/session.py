@@ -103,7 +103,7 @@ def resume(session: Session, shape) -> None:
 def check_peft(meta: dict, cfg: TrainingConfig, ckpt: Path) -> None:
     """A resume must build the same PEFT tensors the checkpoint holds (method, rank, targets, ...)."""
     saved, peft = saved_peft(meta), getattr(cfg, "peft", None)
-    if not same_peft(saved, peft):
+    if not same_peft(saved, peft, cfg.model.activation):
         now = {k: v for k, v in vars(peft).items() if k in ("method", *SHAPE_KEYS[peft.method])} if peft else {"method": "none"}
         raise CheckpointError(f"{ckpt} was trained with peft {({k: saved.get(k) for k in ('method', *SHAPE_KEYS[saved['method']])})}, "
                               f"the config says {now}; use the same peft settings or a new run.dir")
