@@ -1,9 +1,9 @@
 """Fine-tuning runs shared by the PEFT, trainer, export and parity tests.
 
 The base model is the tiny model of `helpers.tiny_overrides` (2 blocks, 64 wide) pretrained for 10
-steps on tiny shakespeare bytes; the instruction data are two-digit sums ("37+45=" -> "82") in both
-record shapes (prompt/response and chat messages), byte-tokenised with gpt-preprocess format=sft, of
-which 10% are held out for validation.
+steps on tiny shakespeare bytes; the instruction data are two-digit sums ("37+45=" -> "37 plus 45 is
+82") in both record shapes (prompt/response and chat messages), byte-tokenised with gpt-preprocess
+format=sft, of which 10% are held out for validation.
 """
 
 import json
@@ -27,10 +27,10 @@ def sum_records(n: int = 400, seed: int = 0) -> list[dict]:
     for i in range(n):
         a, b = rng.randrange(100), rng.randrange(100)
         if i % 4:
-            records.append({"prompt": f"{a}+{b}=", "response": str(a + b)})
+            records.append({"prompt": f"{a}+{b}=", "response": f"{a} plus {b} is {a + b}"})
         else:
             records.append({"messages": [{"role": "user", "content": f"{a}+{b}="},
-                                         {"role": "assistant", "content": str(a + b)}]})
+                                         {"role": "assistant", "content": f"{a} plus {b} is {a + b}"}]})
     return records
 
 

@@ -73,7 +73,6 @@ def stage_boundaries(cfg: ModelConfig, stages: int, pipeline_layers) -> list[int
 
 def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: int, layout, pipeline_layers,
                    activation_checkpointing: bool):
-    from deepspeed import comm as ds_dist
     from deepspeed.pipe import PipelineModule
     from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -91,13 +90,6 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
             with torch.no_grad():
                 super()._synchronize_tied_weights()
 
-        def allreduce_tied_weight_gradients(self):
-            # DeepSpeed all-reduces every tied weight's .grad; a frozen one (fine-tuning) has none.
-            for key, comm in self.tied_comms.items():
-                for attr in comm["weight_attr"]:
-                    weight = self._recursive_getattr(self.tied_modules[key], attr)
-                    if weight.grad is not None:
-                        ds_dist.all_reduce(weight.grad, group=comm["group"])
 
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
     module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,

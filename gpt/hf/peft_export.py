@@ -52,7 +52,7 @@ def lora_to_peft(state: dict[str, torch.Tensor], m: dict, peft: dict) -> tuple[d
         else:
             targets = {(_GPT2 if fam == GPT2 else _LLAMA)[path]: b}
         for hf, b_rows in targets.items():
-            out[f"{prefix}.{i}.{hf}.lora_A.weight"] = a.contiguous()
+            out[f"{prefix}.{i}.{hf}.lora_A.weight"] = a.clone()  # q/k/v each own a copy (safetensors shares nothing)
             out[f"{prefix}.{i}.{hf}.lora_B.weight"] = b_rows.contiguous()
             modules.add(hf)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(peft["rank"]), "lora_alpha": peft["alpha"],

@@ -25,7 +25,7 @@ def test_lora_lowers_validation_loss_and_leaves_the_base_alone(finetune):
     # Step 0 (saved when the run starts) is the base model exactly: B = 0.
     before, after = evaluate(fmt.checkpoints_dir(run) / "step_00000000"), evaluate(run)
     print(f"val loss on the held-out sums: base {before:.3f}, after 10 LoRA steps {after:.3f}")
-    assert after < before - 0.2  # 5.87 -> 5.42 measured: the model starts to learn that answers are digits
+    assert after < before - 0.5  # 5.48 -> 3.97 measured: the model learns the shape of the answers
     s0, s10 = state(run, 0), state(run, 10)
     for name in s0:
         same = torch.equal(s0[name], s10[name])
