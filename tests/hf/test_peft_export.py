@@ -137,3 +137,19 @@ def test_bitfit_exports_plain_and_adapters_only_unmerged(finetune, tmp_path):
 
     names = set(safe_open(str(out / "adapters.safetensors"), "pt").keys())
     assert names and all(".adapter." in n for n in names)
+
+
+def test_finetune_starts_from_a_hugging_face_directory(finetune, sft_shards, tmp_path):
+    """`checkpoint=<HF dir>`: the architecture and weights come from the directory; step 0 of the
+    fine-tune (LoRA B = 0) computes what transformers computes with it."""
+    from transformers import AutoModelForCausalLM
+
+    run, _ = finetune(1, "peft=bitfit")
+    hf = export(run, tmp_path / "hf")
+    ft = tmp_path / "ft"
+    run_module("gpt.finetune", finetune_overrides(hf, sft_shards, ft, "peft=lora", "train.steps=2", "eval.every=0"),
+               check=True)
+    ids, expected = ours(ft / "checkpoints" / "step_00000000")
+    with torch.no_grad():
+        assert (AutoModelForCausalLM.from_pretrained(hf)(ids).logits - expected).abs().max() < 1e-5
+    assert (ft / "checkpoints" / "step_00000002").is_dir()
