@@ -1,23 +1,19 @@
 """`model.init_from=<HF dir>`: a run starts from GPT-2 / Llama weights, in any parallel layout.
 
-The HF config.json decides the architecture (the `model.*` keys it implies replace the preset's, with
-a log line for each change); `model.dropout`, `model.init_std` and `model.vocab_multiple` stay ours.
+The HF config.json decides the architecture (`config.architecture`, applied without torch by
+gpt/trainer/init_from.py: the `model.*` keys it implies replace the preset's, with a log line for each
+change); `model.dropout` and `model.vocab_multiple` stay ours.
 The weights become a slice source (`FullTensors`) that the checkpoint loader sets into every layout,
 one parameter at a time. The tokenizer must be the one the token shards were made with.
 """
 
 from pathlib import Path
 
-from gpt import log
 from gpt.checkpoint.reader import FullTensors
 from gpt.errors import ConfigError
-from gpt.hf.config import ARCHITECTURE_KEYS, apply_architecture, architecture, hf_dir, read_config  # noqa: F401 (re-exported)
 from gpt.hf.files import HFWeights
 from gpt.hf.tokenizer import difference, load_hf_tokenizer
 from gpt.hf.weights import from_hf, hf_names
-
-logger = log.get("init_from")
-
 
 def check_tokenizer(directory: Path, shard_tokenizer, data_path) -> None:
     hf_tok = load_hf_tokenizer(directory)

@@ -25,9 +25,9 @@ from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
 from gpt.parallel.peak import job_peak
+from gpt.trainer import init_from
 from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
-from gpt.trainer import init_from
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
 
@@ -104,9 +104,13 @@ def check_peft(meta: dict, cfg: TrainingConfig, ckpt: Path) -> None:
     """A resume must build the same PEFT tensors the checkpoint holds (method, rank, targets, ...)."""
     saved, peft = saved_peft(meta), getattr(cfg, "peft", None)
     if not same_peft(saved, peft, cfg.model.activation):
-        now = {k: v for k, v in vars(peft).items() if k in ("method", *SHAPE_KEYS[peft.method])} if peft else {"method": "none"}
-        raise CheckpointError(f"{ckpt} was trained with peft {({k: saved.get(k) for k in ('method', *SHAPE_KEYS[saved['method']])})}, "
-                              f"the config says {now}; use the same peft settings or a new run.dir")
+        now = vars(peft) if peft is not None else {"method": "none"}
+
+        def shape(d):
+            return {k: d.get(k) for k in ("method", *SHAPE_KEYS[d["method"]])}
+
+        raise CheckpointError(f"{ckpt} was trained with peft {shape(saved)}, the config says {shape(now)}; "
+                              f"use the same peft settings or a new run.dir")
 
 
 def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True) -> Session:

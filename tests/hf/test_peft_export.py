@@ -43,8 +43,6 @@ def export(run, out, *args):
 @pytest.fixture(scope="module")
 def llama_lora(sft_shards, tmp_path_factory):
     base = tmp_path_factory.mktemp("llama")
-    from helpers import QUIET  # noqa: F401 (tiny_overrides already carries it)
-
     args = [a for a in tiny_overrides(sft_shards, base / "base", "eval.every=0", "device=cpu") if a != "model=tiny"]
     run_module("gpt.pretrain", [*args, *LLAMA], check=True)
     run = base / "lora"

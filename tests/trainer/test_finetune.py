@@ -4,7 +4,6 @@ base model and the instruction data)."""
 
 import json
 
-import pytest
 import torch
 from finetuning import finetune_overrides, state
 from helpers import read_metrics, run_module
