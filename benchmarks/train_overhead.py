@@ -1,13 +1,14 @@
 """What the framework costs: gpt's training step vs a plain PyTorch loop of the same model and batch.
 
-Both run in this one process, interleaved in rounds (this machine's speed drifts by ~20% on its own,
-so only same-round ratios mean anything):
+Both run in this one process, interleaved step by step (this machine's speed drifts by ~20% on its
+own, so only paired ratios mean anything):
   plain: the same GPT module, torch.optim.AdamW, forward / backward / clip / step on batches that
          are already tensors in memory;
   gpt:   the real per-step path of gpt-pretrain (gpt.trainer.loop.train_step): the DeepSpeed engine,
          the memory-mapped data loader, the LR schedule, metrics.jsonl, plus the per-step signal
          agreement of the loop.
-Prints the median step time of each and their ratio per round, then the median ratio.
+Prints, per round, the median step time of each and the median of the paired gpt/plain ratios,
+then the median over rounds.
 
     python benchmarks/train_overhead.py [--steps 20 --rounds 6] [key=value overrides]
 The default is the `make demo` model (4 layers, 128 wide, seq 128, batch 16) on shards of
@@ -93,15 +94,19 @@ def main() -> None:
     print(f"{'round':>5} {'plain ms/step':>14} {'gpt ms/step':>12} {'gpt/plain':>10}")
     for r in range(args.rounds):
         times = {"plain": [], "gpt": []}
-        order = [("plain", plain_step), ("gpt", gpt_step)] if r % 2 == 0 else [("gpt", gpt_step), ("plain", plain_step)]
-        for name, fn in order:
-            for i in range(args.steps):
+        pairs = []
+        for i in range(args.steps):  # step by step, alternating who goes first: bursts of load hit both
+            order = [("plain", plain_step), ("gpt", gpt_step)] if i % 2 == 0 else [("gpt", gpt_step), ("plain", plain_step)]
+            took = {}
+            for name, fn in order:
                 t0 = time.perf_counter()
                 fn(i)
-                times[name].append(time.perf_counter() - t0)
+                took[name] = time.perf_counter() - t0
+                times[name].append(took[name])
+            pairs.append(took["gpt"] / took["plain"])
         p, g = statistics.median(times["plain"]), statistics.median(times["gpt"])
-        ratios.append(g / p)
-        print(f"{r:>5} {p * 1e3:>14.2f} {g * 1e3:>12.2f} {g / p:>10.3f}")
+        ratios.append(statistics.median(pairs))
+        print(f"{r:>5} {p * 1e3:>14.2f} {g * 1e3:>12.2f} {ratios[-1]:>10.3f}")
     print(f"median gpt/plain step-time ratio: {statistics.median(ratios):.3f} "
           f"(min {min(ratios):.3f}, max {max(ratios):.3f}) over {args.rounds} rounds")
     session.close()

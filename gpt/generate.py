@@ -53,7 +53,7 @@ def complete(loaded, cfg, prompt: str, write=None) -> str:
     for token in generate(loaded.model, torch.tensor([ids], device=device), max_new_tokens=cfg.max_new_tokens,
                           vocab_size=loaded.shape.vocab_size, temperature=cfg.temperature, top_k=cfg.top_k,
                           top_p=cfg.top_p, generator=gen, stop_ids=(tok.eod_id,), use_cache=cfg.use_cache,
-                          repetition_penalty=cfg.repetition_penalty):
+                          repetition_penalty=cfg.repetition_penalty, window=loaded.context_length):
         new.append(token)
         stable = tok.decode(new).rstrip("\ufffd")  # hold back a multi-byte character until it is complete
         hit = min((stable.find(s) for s in cfg.stop if s and s in stable), default=-1)

@@ -28,6 +28,12 @@ class LoadedModel:
     meta: dict
     checkpoint: Path
 
+    @property
+    def context_length(self) -> int:
+        """Longest context the model was trained on (learned positions beyond it are untrained)."""
+        trained = self.meta["config"].get("train", {}).get("seq_len") or self.model.cfg.max_seq_len
+        return min(int(trained), self.model.cfg.max_seq_len)
+
 
 def model_config(meta: dict) -> ModelConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), meta["config"]["model"]))

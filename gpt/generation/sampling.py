@@ -33,17 +33,27 @@ def penalize_repeats(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -
 @torch.no_grad()
 def generate(model: GPT, prompt: torch.Tensor, *, max_new_tokens: int, vocab_size: int, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
-             stop_ids: tuple[int, ...] = (), use_cache: bool = True, repetition_penalty: float = 1.0) -> Iterator[int]:
-    """Yield new token ids one by one for a (1, t) prompt; stops at any of `stop_ids` (not yielded)."""
-    max_len = model.cfg.max_seq_len
-    caches = new_caches(model.cfg.n_layer, max_len) if use_cache else None
+             stop_ids: tuple[int, ...] = (), use_cache: bool = True, repetition_penalty: float = 1.0,
+             window: int | None = None) -> Iterator[int]:
+    """Yield new token ids one by one for a (1, t) prompt; stops at any of `stop_ids` (not yielded).
+
+    The model sees at most `window` tokens (default model.max_seq_len; pass the training sequence
+    length: learned positions beyond it were never trained). With the cache, a full window is
+    re-encoded from its last `window` tokens, so cached and uncached decoding give the same tokens.
+    """
+    window = min(window or model.cfg.max_seq_len, model.cfg.max_seq_len)
+    caches = new_caches(model.cfg.n_layer, window) if use_cache else None
     seq = prompt
-    step_input = prompt[:, -max_len:]
+    pending = prompt[:, -window:]  # tokens not yet in the cache
     for _ in range(max_new_tokens):
-        if caches is not None and caches[0].length + step_input.shape[1] > max_len:
-            caches = new_caches(model.cfg.n_layer, max_len)  # window full: re-encode the recent context
-            step_input = seq[:, -(max_len - 1):]
-        logits = model(step_input if caches is not None else seq[:, -max_len:], caches)[:, -1, :].float()
+        if caches is None:
+            logits = model(seq[:, -window:])
+        else:
+            if caches[0].length + pending.shape[1] > window:
+                caches = new_caches(model.cfg.n_layer, window)
+                pending = seq[:, -window:]
+            logits = model(pending, caches)
+        logits = logits[:, -1, :].float()
         logits[:, vocab_size:] = float("-inf")  # padding rows of the embedding table
         logits = penalize_repeats(logits, seq, repetition_penalty)
         if temperature == 0:
@@ -56,4 +66,4 @@ def generate(model: GPT, prompt: torch.Tensor, *, max_new_tokens: int, vocab_siz
             return
         yield token
         seq = torch.cat([seq, nxt], dim=1)
-        step_input = nxt
+        pending = nxt
