@@ -10,6 +10,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.nn as nn
+from megatron.core.tensor_parallel import ColumnParallelLinear
 
 from gpt.config.finetune import PeftConfig, lora_targets
 from gpt.model.gpt import Block, Embedding
@@ -49,7 +50,7 @@ def apply_peft(module: nn.Module, peft: PeftConfig, model_cfg, *, slots, seed: i
         if peft.method == "lora":
             for path in lora_targets(peft.targets, model_cfg.activation):
                 base = block.get_submodule(path)
-                kind = "column" if type(base).__name__ == "ColumnParallelLinear" else "row"
+                kind = "column" if isinstance(base, ColumnParallelLinear) else "row"
                 name = canonical(f"{prefix}{path}.weight").removesuffix(".weight")
                 _replace(block, path, LoRA(base, kind=kind, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout,
                                            slots=slots, seed=seed, name=name))
@@ -61,7 +62,7 @@ def apply_peft(module: nn.Module, peft: PeftConfig, model_cfg, *, slots, seed: i
                                               std=model_cfg.init_std))
         elif peft.method == "bitfit":
             for path, m in list(block.named_modules()):
-                if type(m).__name__ == "ColumnParallelLinear" and m.bias is not None:
+                if isinstance(m, ColumnParallelLinear) and m.bias is not None:
                     _replace(block, path, BiasOutside(m))
     for name, p in module.named_parameters():
         if is_peft_name(name) or (peft.method == "bitfit" and name.endswith(".bias")):
@@ -70,7 +71,8 @@ def apply_peft(module: nn.Module, peft: PeftConfig, model_cfg, *, slots, seed: i
         if isinstance(m, Embedding) and not any(p.requires_grad for p in m.parameters()):
             # A frozen embedding's output needs no gradient, but reentrant activation checkpointing
             # (DeepSpeed's, in pipelines) only back-propagates into a block whose input requires one:
-            # without this the LoRA/adapter gradients of checkpointed blocks would silently be zero.
+            # without this the checkpointed blocks' LoRA/adapter gradients are never computed (and
+            # DeepSpeed's pipeline fails in backward; tests/peft/test_lora_parallel.py).
             m.register_forward_hook(_require_grad)
     return module
 
