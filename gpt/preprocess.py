@@ -1,4 +1,4 @@
-"""gpt-preprocess: turn text into token shards for training (see docs/README-data.md)."""
+"""gpt-preprocess: turn text into token shards for training (README: "Data")."""
 
 import sys
 from typing import List, Optional
