@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= data/stdlib
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast clean
 
 install: $(STAMP)
 

@@ -17,6 +17,28 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> tuple[torch.
     return torch.device("cpu"), "gloo"
 
 
+def check_precision(preference: str, precision: str) -> None:
+    """Refuse, before any process group, a precision this machine has no kernels for.
+
+    DeepSpeed decides this deep inside `deepspeed.initialize` and raises a traceback on every rank;
+    we ask its accelerator the same question first. On CPU, fp16 needs oneDNN fp16 kernels
+    (AVX512-FP16 or AMX-FP16: recent Intel Xeons, not most AMD or laptop CPUs); bf16 needs Ampere or
+    newer on NVIDIA GPUs.
+    """
+    if precision == "fp32":
+        return
+    device, _ = choose_device(preference)  # also tells DeepSpeed which accelerator to pick
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    supported = accelerator.is_fp16_supported() if precision == "fp16" else accelerator.is_bf16_supported()
+    if not supported:
+        other = "bf16" if precision == "fp16" else "fp16"
+        raise ConfigError(f"train.precision={precision} is not supported on this {accelerator.device_name()} "
+                          f"(DeepSpeed's accelerator reports no {precision} kernels); "
+                          f"use train.precision={other} or train.precision=fp32")
+
+
 def prepare_deepspeed(device: torch.device, backend: str) -> None:
     """Settings DeepSpeed needs before `deepspeed.initialize`.
 

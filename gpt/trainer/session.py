@@ -24,6 +24,7 @@ from gpt.errors import CheckpointError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
+from gpt.parallel.device import check_precision
 from gpt.parallel.peak import job_peak
 from gpt.trainer import init_from
 from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
@@ -58,6 +59,7 @@ def pretrain(cfg: TrainingConfig) -> int:
     if cfg.model.init_from:
         init_from.prepare(cfg, data_dir(cfg))
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
+    check_precision(cfg.device, cfg.train.precision)  # what this machine's kernels allow
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)

@@ -23,9 +23,21 @@ RUNS = {
 }
 
 
+def fp16_supported() -> bool:
+    """DeepSpeed's CPU accelerator has fp16 only where oneDNN does (AVX512-FP16 / AMX-FP16 CPUs)."""
+    from gpt.parallel.device import choose_device
+
+    choose_device("cpu")
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().is_fp16_supported()
+
+
 @pytest.mark.parametrize("name", RUNS)
 def test_trains_close_to_fp32(launch, name):
     nproc, overrides = RUNS[name]
+    if "train.precision=fp16" in overrides and not fp16_supported():
+        pytest.skip("this CPU has no fp16 kernels; test_fp16_is_refused_where_the_cpu_has_no_kernels covers it")
     run = launch(nproc, "gpt2", *overrides)
     dev = deviation(launch(1, "gpt2").run_dir, run.run_dir)
     print(f"{name}: {dev}")
@@ -54,3 +66,16 @@ def test_mixed_precision_is_refused_where_it_cannot_work(shards, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith(
         "train.precision=fp16 needs parallel.zero_stage>=1 (its fp32 master weights live in the ZeRO optimizer); or use bf16")
+
+
+def test_fp16_is_refused_where_the_cpu_has_no_kernels(shards, tmp_path):
+    """On such CPUs DeepSpeed raises inside `deepspeed.initialize` on every rank; we refuse first."""
+    proc = run_module("gpt.pretrain", run_overrides(shards, tmp_path / "run", "gpt2", "train.precision=fp16",
+                                                    "parallel.zero_stage=1", "train.steps=1"))
+    if fp16_supported():
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].endswith(
+            "train.precision=fp16 is not supported on this cpu (DeepSpeed's accelerator reports no fp16 kernels); "
+            "use train.precision=bf16 or train.precision=fp32")
