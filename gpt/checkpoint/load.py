@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from gpt import log
 from gpt.checkpoint import format as fmt
@@ -17,6 +16,7 @@ from gpt.checkpoint import zero_state
 from gpt.checkpoint.reader import TensorReader
 from gpt.checkpoint.save import partition_dim
 from gpt.errors import CheckpointError
+from gpt.parallel import collectives
 
 logger = log.get("checkpoint")
 
@@ -105,8 +105,7 @@ def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, d
             fmt.validate(ckpt, verify=verify, files=mine)
         except CheckpointError as e:
             problem = str(e)
-        problems = [None] * world
-        dist.all_gather_object(problems, problem)
+        problems = collectives.all_gather_object(problem)
         found = next((p for p in problems if p), None)
         if found is None:
             if skipped and ctx.rank == 0:
@@ -118,7 +117,7 @@ def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, d
             logger.warning("checkpoint.fallback: %s; trying the previous checkpoint", found)
             _move_aside(ckpt)
         skipped = True
-        dist.barrier()
+        collectives.barrier()
     if fmt.candidates(run_dir):
         raise CheckpointError(f"no intact checkpoint left in {fmt.checkpoints_dir(run_dir)}; "
                               f"start a new run.dir or restore the files")

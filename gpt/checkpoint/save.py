@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
 import gpt
@@ -18,6 +17,7 @@ from gpt.checkpoint import format as fmt
 from gpt.checkpoint import zero_state
 from gpt.config.secrets import redact
 from gpt.peft import is_peft_name
+from gpt.parallel import collectives
 
 logger = log.get("checkpoint")
 
@@ -82,7 +82,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
         for stale in root.glob(f"{fmt.TMP_PREFIX}step_*"):  # saves interrupted by a crash or kill
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
-    dist.barrier()
+    collectives.barrier()
 
     # Parameters are gathered over the data-parallel group (collective), then written by one data
     # rank each, round robin, so that the writing is spread over the data-parallel ranks.
@@ -114,8 +114,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
     record = write_rank_file(tmp / fmt.rank_file(ctx.rank), tensors)
     del tensors
 
-    gathered = [None] * ctx.layout.world
-    dist.all_gather_object(gathered, (ctx.rank, record, index))
+    gathered = collectives.all_gather_object((ctx.rank, record, index))
     if ctx.rank == 0:
         files, merged = merge_index(gathered)
         if tokenizer is not None:
@@ -136,7 +135,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
         prune(root, keep_last, keep=(final.name, *keep))
         logger.info("saved checkpoint %s (%.1f MB, %.1fs)", final,
                     sum(r["bytes"] for r in files.values()) / 1e6, time.perf_counter() - t0)
-    dist.barrier()
+    collectives.barrier()
     return final
 
 

@@ -12,7 +12,6 @@ from functools import partial
 from typing import Iterator
 
 import torch
-import torch.distributed as dist
 
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
@@ -25,6 +24,7 @@ from gpt.model.slots import Slots
 from gpt.parallel.context import ParallelContext
 from gpt.parallel.device import prepare_deepspeed
 from gpt.peft import apply_peft, trainable_counts
+from gpt.parallel import collectives
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,9 @@ class ParameterCounts:
 def count_parameters(module: torch.nn.Module, ctx: ParallelContext) -> ParameterCounts:
     """Collective over all ranks; call before DeepSpeed partitions anything."""
     counts = torch.tensor(trainable_counts(module.parameters(), ctx.tp_rank), dtype=torch.float64)
-    if ctx.layout.tensor * ctx.layout.pipeline > 1:
-        dist.all_reduce(counts, group=ctx.model_parallel_group)
+    collectives.all_reduce(counts, group=ctx.model_parallel_group)
     mine = torch.tensor([float(sum(p.numel() for p in module.parameters() if p.requires_grad))], dtype=torch.float64)
-    if ctx.layout.world > 1:
-        dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    collectives.all_reduce(mine, op="max")
     return ParameterCounts(int(counts[0]), int(counts[1]), int(mine[0]))
 
 
@@ -129,7 +127,7 @@ class DenseEngine(TrainEngine):
 
     def _mean_over_dp(self, value: torch.Tensor) -> float:
         if self.ctx.layout.data > 1:
-            dist.all_reduce(value, group=self.ctx.dp_group)
+            collectives.all_reduce(value, group=self.ctx.dp_group)
             value = value / self.ctx.layout.data
         return float(value)
 

@@ -9,6 +9,7 @@ import math
 import torch
 
 from gpt.config.training import OptimConfig
+from gpt.parallel import collectives
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
@@ -46,8 +47,8 @@ def global_grad_norm(params, tp_rank: int, model_parallel_group) -> torch.Tensor
             continue
         if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
             sq = sq.to(p.grad.device) + p.grad.detach().float().pow(2).sum()
-    if model_parallel_group is not None and torch.distributed.get_world_size(model_parallel_group) > 1:
-        torch.distributed.all_reduce(sq, group=model_parallel_group)
+    if model_parallel_group is not None:
+        collectives.all_reduce(sq, group=model_parallel_group)  # sq may be a CPU zero on a rank with no gradients
     return sq.sqrt()
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from gpt.config.validate import Layout
+from gpt.parallel import collectives
 from gpt.parallel.device import choose_device
 
 
@@ -78,7 +79,7 @@ class ParallelContext:
         return MegatronMPU()
 
     def barrier(self) -> None:
-        dist.barrier()
+        collectives.barrier()
 
 
 def initialize(layout: Layout, device: str = "auto", timeout_minutes: int = 30) -> ParallelContext:

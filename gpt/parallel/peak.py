@@ -13,7 +13,8 @@ you enable TF32.
 import time
 
 import torch
-import torch.distributed as dist
+
+from gpt.parallel import collectives
 
 # Dense peaks in FLOP/s per device. First matching substring of torch.cuda.get_device_name() wins,
 # so more specific names come first ("GH200" contains "H200", "L40S" contains "L4").
@@ -77,12 +78,11 @@ def device_peak(device: torch.device, precision: str, override: float | None) ->
 def job_peak(device: torch.device, precision: str, override: float | None) -> tuple[float | None, str]:
     """Sum of every rank's peak (a collective). On CPU all ranks measure at the same time, so each
     measures its share of cores it really has when several ranks share a machine."""
-    if dist.is_initialized():
-        dist.barrier()
+    collectives.barrier()
     peak, source = device_peak(device, precision, override)
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+    if collectives.world_size() == 1:
         return peak, source
-    total = torch.tensor([peak if peak is not None else float("nan")], dtype=torch.float64, device=device)
-    dist.all_reduce(total)
+    total = torch.tensor([peak if peak is not None else float("nan")], dtype=torch.float64)
+    collectives.all_reduce(total)
     value = float(total)
     return (value if value == value else None), source

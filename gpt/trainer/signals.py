@@ -7,9 +7,9 @@ integer), so every rank stops after the same step and the save is a proper colle
 import signal
 
 import torch
-import torch.distributed as dist
 
 from gpt import log
+from gpt.parallel import collectives
 
 logger = log.get("signals")
 
@@ -50,6 +50,5 @@ class StopRequest:
 def any_rank(device, *flags: bool) -> tuple[bool, ...]:
     """Each flag OR-ed over all ranks (one all-reduce of a few integers)."""
     t = torch.tensor([int(f) for f in flags], dtype=torch.int32, device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    collectives.all_reduce(t, op="max")
     return tuple(bool(x) for x in t.tolist())
