@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpt.data.inputs import plan_pieces, resolve_inputs, stdlib_files
-from gpt.data.readers import read_piece
+from gpt.data.inputs import plan_units, resolve_inputs, stdlib_files
+from gpt.data.readers import read_task, unit_tasks
 from gpt.errors import DataError
 
 from tests.data.helpers import preprocess, read_rows
@@ -20,23 +20,24 @@ PARAGRAPHS = ["First paragraph,\nstill the first.", "  Second, indented.", "Thir
 TEXT = "\n\n" + "\n\n".join(PARAGRAPHS[:2]) + "\n \t \n\n" + PARAGRAPHS[2] + "\r\n\r\n" + PARAGRAPHS[3] + "\n\n\n"
 
 
-def docs_of(path, split="blank_lines", piece_bytes=1 << 20, text_key="text"):
-    pieces = plan_pieces(resolve_inputs(str(path), split), piece_bytes, text_key)
+def docs_of(path, split="blank_lines", piece_bytes=1 << 20, text_key="text", unit_bytes=1 << 30):
+    units = plan_units(resolve_inputs(str(path), split), unit_bytes, text_key)
+    tasks = [t for u in units for t in unit_tasks(u, piece_bytes)]
     texts = []
-    for p in pieces:
-        texts.extend(read_piece(p, text_key, stop_at_problem=True).texts)
-    return texts, pieces
+    for t in tasks:
+        texts.extend(read_task(t, text_key, stop_at_problem=True).texts)
+    return texts, tasks
 
 
 def decoded(shard_dir):
     return [bytes(r).decode() for r in read_rows(shard_dir)]
 
 
-@pytest.mark.parametrize("piece_bytes", [1 << 20, 7, 1])
-def test_text_splits_on_blank_lines_wherever_the_pieces_are_cut(tmp_path, piece_bytes):
+@pytest.mark.parametrize("piece_bytes,unit_bytes", [(1 << 20, 1 << 30), (7, 1 << 30), (1, 1 << 30), (1, 1), (7, 20)])
+def test_text_splits_on_blank_lines_wherever_the_pieces_are_cut(tmp_path, piece_bytes, unit_bytes):
     f = tmp_path / "a.txt"
     f.write_bytes(("\ufeff" + TEXT).encode())
-    texts, pieces = docs_of(f, piece_bytes=piece_bytes)
+    texts, pieces = docs_of(f, piece_bytes=piece_bytes, unit_bytes=unit_bytes)
     assert texts == PARAGRAPHS
     if piece_bytes == 1:
         assert len(pieces) == len(PARAGRAPHS) + 1, "cut after every blank-line separator"
@@ -85,11 +86,12 @@ def test_jsonl_gz_parquet_dir_glob_and_lists(tmp_path, shakespeare):
 
 def test_directory_input_with_mixed_text_keys_fails_clearly(tmp_path):
     # b.jsonl.gz has "body", not "text": the error names the file and line and the option to change.
-    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
-    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as f:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_text('{"text": "x"}\n')
+    with gzip.open(tmp_path / "in" / "b.jsonl.gz", "wt") as f:
         f.write('{"body": "y"}\n')
     with pytest.raises(DataError, match=r"b\.jsonl\.gz:1: no 'text' field.*text_key"):
-        preprocess(tmp_path, tmp_path / "out")
+        preprocess(tmp_path / "in", tmp_path / "out")
 
 
 def test_stdlib_is_the_standard_library_without_tests(tmp_path):
@@ -118,4 +120,4 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
         resolve_inputs(None, "blank_lines")
     pq.write_table(pa.table({"content": ["a"]}), tmp_path / "p.parquet")
     with pytest.raises(DataError, match=r"no column 'text' \(columns: content\); set text_key"):
-        plan_pieces(resolve_inputs(str(tmp_path / "p.parquet"), "blank_lines"), 1 << 20, "text")
+        plan_units(resolve_inputs(str(tmp_path / "p.parquet"), "blank_lines"), 1 << 20, "text")
