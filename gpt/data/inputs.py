@@ -155,26 +155,20 @@ def hf_dataset_files(directory: str) -> Optional[List[str]]:
 
 
 def _walk(directory: str, skipped: Counter) -> List[str]:
-    found = []
+    """Supported files under directory, recursively in name order; a saved dataset is its Arrow files."""
     hf = hf_dataset_files(directory)
     if hf is not None:
         return hf
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames.sort()
-        for sub in list(dirnames):
-            full = os.path.join(dirpath, sub)
-            if sub.startswith("."):
-                dirnames.remove(sub)
-            elif (Path(full) / HF_STATE).is_file() or (Path(full) / HF_DICT).is_file():
-                found.extend(hf_dataset_files(full))
-                dirnames.remove(sub)
-        for f in sorted(filenames):
-            if f.startswith("."):
-                continue
-            if kind_of(f):
-                found.append(os.path.join(dirpath, f))
-            else:
-                skipped[Path(f).suffix or f] += 1
+    found = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            found.extend(_walk(entry.path, skipped))
+        elif kind_of(entry.name):
+            found.append(entry.path)
+        else:
+            skipped[Path(entry.name).suffix or entry.name] += 1
     return found
 
 
@@ -203,7 +197,7 @@ def resolve_inputs(spec: Any, split: str) -> List[InputFile]:
                                     f"(plain, .gz or .zst) nor a dataset saved with save_to_disk")
                 paths.extend(found)
             elif os.path.isfile(p):
-                paths.append((p, None))
+                paths.append((p, (ARROW, None) if p.endswith(".arrow") else None))  # a saved dataset's file
             else:
                 raise DataError(f"input={s}: no such file or directory")
     if skipped:
@@ -219,13 +213,7 @@ def resolve_inputs(spec: Any, split: str) -> List[InputFile]:
 
 
 def _from_directory(directory: str, skipped: Counter) -> List[tuple]:
-    hf = hf_dataset_files(directory)
-    if hf is not None:
-        return [(p, (ARROW, None)) for p in hf]
-    out = []
-    for p in _walk(directory, skipped):
-        out.append((p, (ARROW, None) if p.endswith(".arrow") else None))
-    return out
+    return [(p, (ARROW, None) if p.endswith(".arrow") else None) for p in _walk(directory, skipped)]
 
 
 def plan_units(files: List[InputFile], unit_bytes: int, text_key: str) -> List[Unit]:

@@ -185,9 +185,10 @@ def _train_bpe(cfg: PreprocessConfig, files: List[InputFile], units: List[Unit])
     return tok
 
 
-def _sample_tasks(units: List[Unit], ratio: float, task_bytes: int) -> Iterator[Task]:
+def _sample_tasks(units: List[Unit], ratio: float, task_bytes: int = SAMPLE_STRETCH) -> Iterator[Task]:
     """A deterministic sample of about `ratio` of the input: evenly spaced stretches of every large
-    text/jsonl file, a prefix of every compressed file, evenly spaced row groups, batches and whole files."""
+    text/jsonl file, a prefix of every compressed file, evenly spaced row groups, batches and whole files.
+    It depends on the input and ratio only (task_bytes, at a fixed default, only sizes the reads)."""
     if ratio >= 1:
         for unit in units:
             yield from unit_tasks(unit, task_bytes)
@@ -221,7 +222,7 @@ def _sample_tasks(units: List[Unit], ratio: float, task_bytes: int) -> Iterator[
 
 def _sample_texts(cfg: PreprocessConfig, units: List[Unit], ratio: float) -> Iterator[str]:
     fail = cfg.on_error == "fail"
-    for task in _sample_tasks(units, ratio, cfg.task_bytes):
+    for task in _sample_tasks(units, ratio):
         docs = read_task(task, cfg.text_key, fail)
         if docs.problems and fail:
             raise _bad_record(_where(task, docs.problems[0][0]), docs.problems[0])
@@ -395,7 +396,7 @@ def _encode_stage(cfg: PreprocessConfig, output: Path, files: List[InputFile], u
     write_json_atomic(parts / f"slice-{cfg.task:05d}-of-{cfg.tasks:05d}.json",
                       {"units": [u.index for u in mine], "job": job, "host": socket.gethostname(), "pid": os.getpid()})
     dtype = dtype_for(tokenizer.vocab_size)
-    todo = [u for u in mine if _part_problem(parts, u, plan) is not None]
+    todo = [u for u in mine if _part_problem(parts, u, plan, check_files=True) is not None]
     _log.info("task %d of %d (%s): units %s, %d to write (%.1f MB)", cfg.task, cfg.tasks, job,
               f"{mine[0].index}-{mine[-1].index}" if mine else "none", len(todo), sum(u.nbytes for u in todo) / 1e6)
     for unit in todo:
@@ -431,7 +432,7 @@ def _record_plan(parts: Path, plan: str, cfg: PreprocessConfig, n_units: int) ->
             raise DataError(f"{parts} holds units written with other inputs or settings (plan {str(recorded)[:12]}, "
                             f"now {plan[:12]}); re-run with the same arguments, or delete {parts} to start over")
         return
-    write_json_atomic(path, {"plan": plan, "units": n_units, "unit_bytes": cfg.unit_bytes})
+    write_json_atomic(path, {"plan": plan, "units": n_units, "unit_bytes": cfg.unit_bytes, "tasks": cfg.tasks})
 
 
 def _job_name() -> str:
@@ -470,9 +471,11 @@ def _write_unit(cfg: PreprocessConfig, parts: Path, unit: Unit, tokenizer: Token
                                             "shards": shards, "granularity": writer.granularity, "chunks": counts,
                                             "chunks_sha256": file_sha256(tmp / CHUNKS_FILE), "stats": stats.to_dict(),
                                             "written_by": _job_name()})
-        if done.exists():  # another task finished the same unit meanwhile: its bytes are the same
-            shutil.rmtree(tmp)
+        if done.exists() and _part_problem(parts, unit, plan, check_files=True) is None:
+            shutil.rmtree(tmp)  # another task finished the same unit meanwhile: its bytes are the same
         else:
+            if done.exists():   # damaged, or from other settings: replaced
+                shutil.rmtree(done)
             os.rename(tmp, done)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -525,7 +528,7 @@ def merge(cfg: PreprocessConfig, output: Path, files: List[InputFile], units: Li
         problem = _part_problem(parts, unit, plan, check_files=True)
         if problem is not None:
             raise DataError(f"output={output} cannot be merged: unit {unit.index} of {len(units)} ({unit.describe()}) "
-                            f"{problem}, in {_unit_dir(parts, unit)}; {_slice_hint(parts, unit)}")
+                            f"{problem}, in {_unit_dir(parts, unit)}; {_slice_hint(parts, units, unit)}")
     check_output(output, cfg.overwrite)
     dtype = dtype_for(tokenizer.vocab_size)
     total = sum(u.nbytes for u in units)
@@ -539,7 +542,7 @@ def merge(cfg: PreprocessConfig, output: Path, files: List[InputFile], units: Li
             counts = np.load(d / CHUNKS_FILE)
             if file_sha256(d / CHUNKS_FILE, fsync=False) != part["chunks_sha256"]:
                 raise DataError(f"output={output} cannot be merged: unit {unit.index} is damaged ({d / CHUNKS_FILE} does "
-                                f"not match its sha256); {_slice_hint(parts, unit)}")
+                                f"not match its sha256); {_slice_hint(parts, units, unit)}")
             bounds = np.concatenate([[0], np.cumsum(part["chunks"])]).astype(np.int64)
             for j, s in enumerate(part["shards"]):
                 name = f"shard-{len(shards):05d}.arrow"
@@ -563,18 +566,23 @@ def _link(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _slice_hint(parts: Path, unit: Unit) -> str:
-    for record in sorted(parts.glob("slice-*-of-*.json")):
+def _slice_hint(parts: Path, units: List[Unit], unit: Unit) -> str:
+    """Which array task holds `unit` (by the array size of the first task that ran) and how to re-run it."""
+    try:
+        tasks = int(json.loads((parts / PLAN_FILE).read_text())["tasks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "run the encode tasks (stage=encode) for it; finished units are kept"
+    task = next(i for i in range(tasks) if unit in slice_of(units, i, tasks))
+    job = ""
+    record = parts / f"slice-{task:05d}-of-{tasks:05d}.json"
+    if record.is_file():
         try:
-            info = json.loads(record.read_text())
-        except (OSError, ValueError):
-            continue
-        if unit.index in info.get("units", []):
-            task, tasks = record.stem.split("-")[1], record.stem.split("-")[3]
-            return (f"it belongs to slice {int(task)} of {int(tasks)} ({info.get('job')}): re-run that task alone "
-                    f"(sbatch --array={int(task)} slurm/preprocess.sh <same arguments>, or stage=encode "
-                    f"task={int(task)} tasks={int(tasks)}); finished units are kept")
-    return "run the encode tasks (stage=encode) for it; finished units are kept"
+            job = f", {json.loads(record.read_text())['job']}"
+        except (OSError, ValueError, KeyError):
+            pass
+    return (f"it belongs to slice {task} of {tasks}{job}: re-run that task alone once the array has ended "
+            f"(sbatch --array={task} slurm/preprocess.sh <same arguments>, or gpt-preprocess stage=encode "
+            f"<same arguments>); finished units are kept")
 
 
 __all__ = ["preprocess", "merge", "parts_dir", "METADATA_FILE"]
