@@ -9,7 +9,7 @@
 #
 # Submitted like this (no --array) the job is the driver: with tokenizer.kind=bpe it first trains the
 # tokenizer on a sample of the input (stage=tokenizer, tokenizer.train_bytes), then it submits this
-# script again as an array of N tasks and ends. Array task i writes slice i of the input's units
+# script again as an array of N tasks (with the driver's partition, CPUs and time limit) and ends. Array task i writes slice i of the input's units
 # (stage=encode) into <output>.parts/; the task that finishes the last unit merges everything into
 # <output>: one shard set and one metadata.json, byte-identical to a one-process gpt-preprocess run.
 # `sbatch --array=0-63 slurm/preprocess.sh ...` skips the driver (then a bpe tokenizer must exist:
@@ -60,9 +60,14 @@ if [[ -z ${SLURM_ARRAY_TASK_ID:-} ]]; then
     if [[ $kind == bpe ]]; then
         "$PYTHON" -m gpt.preprocess "$workers" "${args[@]}" stage=tokenizer
     fi
-    script=$(scontrol show job "$SLURM_JOB_ID" | grep -oP '\bCommand=\K\S+' || true)
+    # The array gets the driver's partition, CPUs and time limit (given on its sbatch line or above).
+    info=$(scontrol -o show job "$SLURM_JOB_ID")
+    script=$(grep -oP '\bCommand=\K\S+' <<< "$info" || true)
     [[ -f $script ]] || script=$0   # the submitted path, else the spooled copy of this script
-    sbatch --array="0-$((tasks - 1))" --job-name="${SLURM_JOB_NAME:-gpt-preprocess}" "$script" "${args[@]}"
+    same=(--job-name="${SLURM_JOB_NAME:-gpt-preprocess}" --cpus-per-task="${SLURM_CPUS_PER_TASK:-1}"
+          --partition="$(grep -oP '\bPartition=\K\S+' <<< "$info")" --time="$(grep -oP '\bTimeLimit=\K\S+' <<< "$info")")
+    if [[ -n ${SLURM_JOB_ACCOUNT:-} ]]; then same+=(--account="$SLURM_JOB_ACCOUNT"); fi
+    sbatch --array="0-$((tasks - 1))" "${same[@]}" "$script" "${args[@]}"
     exit 0
 fi
 
