@@ -20,7 +20,8 @@ from gpt.errors import DataError
 Problem = Tuple[int, str, str]  # (line within the task, 1-based, or row; reason; detail)
 _LEADING_BLANK = re.compile(rb"(?:[ \t\f\v\r]*\n)+")
 _BOM = b"\xef\xbb\xbf"
-_READ = 1 << 20
+_READ = 1 << 16
+"""Decompressed bytes per read: a stream cut short loses at most this much before the error."""
 
 
 @dataclass
@@ -104,9 +105,10 @@ def _stream_tasks(f, task_bytes: int) -> Iterator[Task]:
             try:
                 chunk = stream.read(_READ)
             except _stream_errors() as e:
-                if buf:
-                    yield Task(f, data=bytes(buf), line=line, nbytes=raw.tell() - consumed)
-                    line += buf.count(b"\n")
+                keep = _last_boundary(buf, f.kind)   # complete documents only: the cut one is lost
+                if keep:
+                    yield Task(f, data=bytes(buf[:keep]), line=line, nbytes=raw.tell() - consumed)
+                    line += buf.count(b"\n", 0, keep)
                 reason = str(e).splitlines()[0] if str(e) else "truncated"
                 yield Task(f, data=b"", line=line, problem=(1, f"unreadable {what} data",
                                                             f"{type(e).__name__}: {reason}; the rest of the file was skipped"))
@@ -129,6 +131,16 @@ def _stream_tasks(f, task_bytes: int) -> Iterator[Task]:
                 since = task_bytes
             if eof:
                 return
+
+
+def _last_boundary(buf: bytearray, kind: str) -> int:
+    if kind == JSONL:
+        return buf.rfind(b"\n") + 1
+    tail = max(0, len(buf) - (1 << 20))
+    last = None
+    for last in BLANK_LINES.finditer(buf, tail):
+        pass
+    return last.end() if last else 0
 
 
 # ---- a worker: task -> documents ---------------------------------------------------------------

@@ -121,3 +121,47 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
     pq.write_table(pa.table({"content": ["a"]}), tmp_path / "p.parquet")
     with pytest.raises(DataError, match=r"no column 'text' \(columns: content\); set text_key"):
         plan_units(resolve_inputs(str(tmp_path / "p.parquet"), "blank_lines"), 1 << 20, "text")
+
+
+def test_compressed_streams_and_saved_datasets_with_the_same_bad_record_handling(tmp_path):
+    import datasets
+    import zstandard
+
+    datasets.disable_progress_bars()
+    src = tmp_path / "in"
+    src.mkdir()
+    good = [json.dumps({"text": f"record {i}"}) for i in range(5)]
+    lines = good[:2] + ['{"text": broken'] + good[2:]
+    (src / "a.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(("\n".join(lines) + "\n").encode()))
+    with gzip.open(src / "b.json.gz", "wt") as f:       # Dolma names its jsonl files .json.gz
+        f.write("\n".join(good) + "\n")
+    datasets.Dataset.from_dict({"text": ["one", None, "three"]}).save_to_disk(str(src / "hf"))
+    with pytest.raises(DataError, match=r"a\.jsonl\.zst:3: invalid JSON"):
+        preprocess(src / "a.jsonl.zst", tmp_path / "o1")
+    with pytest.raises(DataError, match=r"data-00000-of-00001\.arrow:row 2: null text"):
+        preprocess(src / "hf", tmp_path / "o1")
+    meta = preprocess(src, tmp_path / "o2", on_error="skip", task_bytes=20)
+    assert decoded(tmp_path / "o2") == [f"record {i}" for i in range(5)] * 2 + ["one", "three"]
+    assert meta["source"]["skipped_records"] == {"invalid JSON": 1, "null text": 1}
+    # A DatasetDict must be given one split; a .gz cut short is a bad record at its line.
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]})}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"is a Hugging Face DatasetDict; pass one split, e\.g\. input=.*dd/train"):
+        preprocess(tmp_path / "dd", tmp_path / "o3")
+    assert decoded(preprocess(tmp_path / "dd" / "train", tmp_path / "o3") and tmp_path / "o3") == ["x"]
+    data = gzip.compress(("\n".join(good * 20000) + "\n").encode())
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cut\.jsonl\.gz:\d+: unreadable gzip data .*the rest of the file was skipped"):
+        preprocess(tmp_path / "cut.jsonl.gz", tmp_path / "o4")
+    meta = preprocess(tmp_path / "cut.jsonl.gz", tmp_path / "o4", on_error="skip")
+    assert 0 < meta["num_documents"] < 100_000 and meta["source"]["skipped_records"] == {"unreadable gzip data": 1}
+
+
+def test_text_gz_and_bare_zst_split_like_plain_text(tmp_path):
+    import zstandard
+
+    (tmp_path / "a.txt.gz").write_bytes(gzip.compress(TEXT.encode()))
+    (tmp_path / "b.zst").write_bytes(zstandard.ZstdCompressor().compress(TEXT.encode()))
+    for name in ("a.txt.gz", "b.zst"):
+        for task_bytes in (1, 1 << 20):
+            texts, _ = docs_of(tmp_path / name, piece_bytes=task_bytes)
+            assert texts == PARAGRAPHS, (name, task_bytes)
