@@ -16,7 +16,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -188,6 +188,3 @@ def _plain_name(name) -> bool:
     """A file name inside the directory: no separators, no '..', nothing hidden."""
     return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
-
-def shard_paths(shard_dir: Path, meta: dict) -> List[Path]:
-    return [Path(shard_dir) / s["file"] for s in meta["shards"]]

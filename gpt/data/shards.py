@@ -118,7 +118,11 @@ class ShardFile:
     def _pread(self, pos: np.ndarray, nbytes: np.ndarray, at: np.ndarray, buffer: memoryview) -> None:
         fd = self.fd
         for p, n, a in zip(pos.tolist(), nbytes.tolist(), at.tolist()):
-            if n and os.preadv(fd, [buffer[a:a + n]], p) != n:
+            try:
+                got = os.preadv(fd, [buffer[a:a + n]], p) if n else 0
+            except OSError as e:
+                raise DataError(f"{self.path}: cannot be read ({e.strerror}); check the disk, or {FIX}") from None
+            if got != n:
                 size = os.fstat(fd).st_size
                 raise DataError(f"{self.path}: shard is now {size} bytes, {self.size} when training started "
                                 f"(truncated while training runs?); restore it, or {FIX} and start a new run")

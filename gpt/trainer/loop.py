@@ -11,10 +11,10 @@ from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import TrainEngine
 from gpt.engine.optim import lr_at
-from gpt.errors import TrainingError
+from gpt.errors import DataError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.progress import Progress
-from gpt.trainer.signals import StopRequest
+from gpt.trainer.signals import StopRequest, any_rank
 from gpt.trainer.state import TrainerState
 
 logger = log.get("train")
@@ -48,8 +48,38 @@ class Session:
 def evaluate(s: Session) -> float:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
     gbs = s.cfg.train.global_batch_size
-    losses = [s.engine.eval_loss(s.val_data.global_batch(k * gbs)) for k in range(s.cfg.eval.iters)]
+    batches, error = [], None
+    try:  # read first, so every rank knows whether all could read before any collective
+        batches = [s.val_data.global_batch(k * gbs) for k in range(s.cfg.eval.iters)]
+    except DataError as e:
+        error = e
+    if any_rank(s.ctx.device, error is not None)[0]:
+        data_failure(s, error, saved=False)  # evaluation follows a step that is not saved yet
+    losses = [s.engine.eval_loss(b) for b in batches]
     return sum(losses) / len(losses)
+
+
+def fetch(s: Session):
+    """(this rank's micro-batches of the next step or None, the DataError that prevented it or None, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        return s.train_data.global_batch(s.state.consumed_samples), None, time.perf_counter() - t0
+    except DataError as e:  # a shard damaged or truncated while training runs
+        return None, e, time.perf_counter() - t0
+
+
+def data_failure(s: Session, error, saved: bool) -> None:
+    """Some rank could not read its data (all ranks agreed on it): save the last completed step (unless
+    `saved`), then stop with the reader's one line. consumed_samples still points at the batch that
+    failed, so a resume after the data is fixed reads it again."""
+    note = "nothing to save before step 1"
+    if s.state.step and not saved:
+        save(s)
+        note = f"checkpoint step {s.state.step} saved"
+    elif s.state.step:
+        note = f"checkpoint step {s.state.step} is saved already"
+    why = str(error) if error is not None else "another rank could not read its training data (see its error)"
+    raise DataError(f"{why} [{note}; fix the data and re-run to resume]")
 
 
 def save(s: Session) -> None:
@@ -94,17 +124,15 @@ def is_bad(loss: float, skipped: bool, precision: str) -> bool:
     return not math.isfinite(loss) or (skipped and precision != "fp16")
 
 
-def train_step(s: Session) -> dict:
-    """One optimizer step: set the LR, fetch this rank's micro-batches, step, record metrics."""
+def train_step(s: Session, batches, data_s: float) -> dict:
+    """One optimizer step on this rank's micro-batches (fetched by `fetch`): set the LR, step, record metrics."""
     cfg, st, t = s.cfg, s.state, s.cfg.train
     step = st.step + 1
     lr = lr_at(step, cfg.optim, t.steps)
     s.engine.set_lr(lr)
-    t0 = time.perf_counter()
-    batches = s.train_data.global_batch(st.consumed_samples)
     t1 = time.perf_counter()
     result = s.engine.train_step(batches)
-    dt = time.perf_counter() - t0
+    dt = time.perf_counter() - t1 + data_s
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
     # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
@@ -114,7 +142,7 @@ def train_step(s: Session) -> dict:
     st.skipped_steps += int(skipped)
     st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
     record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
+              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": data_s,
               "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps,
               "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
     _record(s, record)
@@ -130,13 +158,20 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
+    # The next step's batches are read before the ranks agree on stopping, so that a rank that cannot
+    # read its data (a damaged shard) stops every rank at the same step, with a checkpoint.
+    batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
+    failed = any_rank(s.ctx.device, error is not None)[0]
     while st.step < last:
-        record = train_step(s)
+        if failed:
+            data_failure(s, error, saved=saved_at == st.step)
+        record = train_step(s, batches, data_s)
         step = record["step"]
         progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
                         f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
-        stopping, diverged = stop.agreed_with(s.ctx.device, diverged)
+        batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
+        stopping, diverged, failed = stop.agreed_with(s.ctx.device, diverged, error is not None)
         if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
             if diverged:

@@ -9,7 +9,6 @@ import os
 import pytest
 
 from gpt.config.commands import TokenizerConfig
-from gpt.data import read_metadata
 from gpt.data.inputs import plan_units, resolve_inputs, slice_of
 from gpt.data.preprocess import parts_dir
 from gpt.errors import DataError
