@@ -73,13 +73,14 @@ def encode_task(task: Task) -> Iterator[object]:
             if group:
                 yield _encoded(tok, group, dtype, summary)
                 group, chars = [], 0
-            pieces = tok.segments(text)
-            del text
+            cuts = tok.cuts(text)
             per_message = max(1, MESSAGE_CHARS // SEGMENT_CHARS)
-            for k in range(0, len(pieces), per_message):
-                ids, lengths = tok.encode_arrays(pieces[k:k + per_message], dtype)
+            for k in range(0, len(cuts) - 1, per_message):
+                bounds = cuts[k:k + per_message + 1]
+                ids, _ = tok.encode_arrays([text[a:b] for a, b in zip(bounds[:-1], bounds[1:])], dtype)
                 summary.tokens += len(ids)
-                yield Tokens(ids, np.array([len(ids)], dtype=np.int64), open_end=k + per_message < len(pieces))
+                yield Tokens(ids, np.array([len(ids)], dtype=np.int64), open_end=k + per_message < len(cuts) - 1)
+            del text
             continue
         group.append(text)
         chars += len(text)

@@ -2,10 +2,11 @@
 in memory that grows with the number of chunks (at most ~4M plus one per shard), never with the
 number of documents or samples.
 
-An epoch is one stream of tokens: the split's chunks (runs of consecutive documents, see
-`ShardSet`) in an order shuffled by (seed, epoch), grouped into windows of about `window_samples`
-samples' worth of tokens. Inside a window the documents of all its chunks are shuffled again and
-concatenated, each followed by the end-of-document token. Packed sample s is stream tokens
+An epoch is one stream of tokens: the split's blocks (runs of consecutive chunks of one shard, about
+1/128 of a window; chunks are runs of consecutive documents, see `ShardSet`) in an order shuffled by
+(seed, epoch), grouped into windows of about `window_samples` samples' worth of tokens (~128
+blocks). Inside a window the documents of all its chunks are shuffled again and concatenated, each
+followed by the end-of-document token. Packed sample s is stream tokens
 [s*seq_len, s*seq_len + seq_len + 1), so consecutive samples overlap by one token and every
 stream token after the first is a label exactly once per epoch. Samples are visited window after
 window, in a seeded permutation within each window: a global batch mixes samples from every chunk
@@ -27,6 +28,9 @@ VAL_SEED = 0x5EED
 """Seeds the choice and order of validation documents: the validation set must not move with train.seed."""
 WINDOW_SAMPLES = 1 << 18
 """Samples per shuffle window (at seq_len 2048: 537M tokens, a few MB of layout)."""
+BLOCKS_PER_WINDOW = 128
+"""The epoch shuffles blocks of consecutive chunks of one shard, of about 1/128 of a window (4M tokens
+at seq_len 2048): a window reads ~128 shards whatever the size of the corpus and of its chunks."""
 _CACHED_WINDOWS = 4
 _CACHED_EPOCHS = 2
 
@@ -84,6 +88,20 @@ class PackedSamples:
         # A split shorter than one sample still yields one sample (the stream repeated): never empty.
         self.samples_per_epoch = max(1, (self.stream_tokens - 1) // seq_len)
         self.window_tokens = max(1, window_samples) * seq_len
+        # Blocks: runs of consecutive chunks of one shard, cut every block_tokens of stream.
+        block_tokens = max(1, self.window_tokens // BLOCKS_PER_WINDOW)
+        shard = shards.chunk_shard(self.chunks)
+        before = np.cumsum(self.chunk_len) - self.chunk_len                 # stream tokens before each chunk
+        first = np.ones(len(shard), dtype=bool)
+        first[1:] = shard[1:] != shard[:-1]
+        runs = np.flatnonzero(first)
+        within = before - np.repeat(before[runs], np.diff(np.concatenate([runs, [len(shard)]])))
+        key = within // block_tokens
+        new = first.copy()
+        new[1:] |= key[1:] != key[:-1]
+        self.block_start = np.concatenate([np.flatnonzero(new), [len(shard)]])  # [blocks + 1] into chunks
+        self.block_len = np.add.reduceat(self.chunk_len, self.block_start[:-1])   # [blocks] stream tokens
+        del shard, before, first, within, key, new
         self._entropy = [seed % 2**63, stream]
         self._epochs: "OrderedDict[int, _Epoch]" = OrderedDict()
         self._windows: "OrderedDict[tuple, _Window]" = OrderedDict()
@@ -99,15 +117,20 @@ class PackedSamples:
         e = self._epochs.get(epoch)
         if e is None:
             rng = np.random.default_rng(self._entropy + [epoch])
-            perm = rng.permutation(len(self.chunks))
-            starts = np.zeros(len(perm) + 1, dtype=np.int64)
-            np.cumsum(self.chunk_len[perm], out=starts[1:])
-            # Window k takes the chunks that start in stream [k*W, (k+1)*W); a huge chunk makes its own.
-            cuts = np.searchsorted(starts[:-1], np.arange(0, self.stream_tokens, self.window_tokens), side="left")
-            bounds = np.unique(np.concatenate([cuts, [len(perm)]]))
+            blocks = rng.permutation(len(self.block_len))
+            counts = np.diff(self.block_start)[blocks]                       # chunks of each block, in order
+            ends = np.cumsum(counts)
+            index = np.repeat(self.block_start[blocks] - (ends - counts), counts) + np.arange(int(ends[-1]))
+            starts = np.zeros(len(index) + 1, dtype=np.int64)
+            np.cumsum(self.chunk_len[index], out=starts[1:])
+            # Window k takes the blocks that start in stream [k*W, (k+1)*W); a huge block makes its own.
+            block_starts = np.concatenate([[0], np.cumsum(self.block_len[blocks])])
+            cuts = np.searchsorted(block_starts[:-1], np.arange(0, self.stream_tokens, self.window_tokens), side="left")
+            bounds = np.concatenate([[0], ends])[np.unique(np.concatenate([cuts, [len(blocks)]]))]
             sample_starts = np.minimum(-(-starts[bounds] // self.seq_len), self.samples_per_epoch)
             sample_starts[-1] = self.samples_per_epoch
-            e = _Epoch(self.chunks[perm], starts, bounds, sample_starts)
+            e = _Epoch(self.chunks[index], starts, bounds, sample_starts)
+            del index, blocks, counts, ends, block_starts
             self._epochs[epoch] = e
             while len(self._epochs) > _CACHED_EPOCHS:
                 self._epochs.popitem(last=False)

@@ -67,11 +67,29 @@ def _tasks(unit: Unit, task_bytes: int) -> Iterator[Task]:
                 start = span.start
                 while start < span.end:
                     end = min(span.end, boundary(fh, start + task_bytes, f))
+                    if end - start > 4 * task_bytes:  # a huge document: a task of its own (read without copies)
+                        before = _boundary_before(fh, start, start + task_bytes, f)
+                        if before > start:
+                            end = before
                     yield Task(f, start, end, nbytes=end - start)
                     start = end
         else:
             yield Task(f, 0, f.size, nbytes=f.size)
         i += 1
+
+
+def _boundary_before(fh, start: int, target: int, f) -> int:
+    """The last document boundary in (start, target], or start if there is none."""
+    lo = max(start, target - (1 << 16))
+    fh.seek(lo)
+    window = fh.read(target - lo)
+    if f.kind == JSONL:
+        i = window.rfind(b"\n")
+        return lo + i + 1 if i >= 0 else start
+    last = None
+    for last in BLANK_LINES.finditer(window):
+        pass
+    return lo + last.end() if last is not None and lo + last.end() > start else start
 
 
 def _open_stream(path: str, compression: str):
@@ -207,7 +225,7 @@ def _jsonl(data: bytes, text_key: str, stop: bool) -> TaskDocs:
     while pos < n:
         end = data.find(b"\n", pos)
         end = n if end < 0 else end
-        raw = data[pos:end]
+        raw = data if pos == 0 and end >= n - 1 else data[pos:end]  # a task of one (huge) line: no copy
         line += 1
         pos = end + 1
         if not raw.strip():

@@ -2,11 +2,12 @@
 
 Opening reads metadata.json and the chunk index (index.arrow: tokens per chunk of documents), and
 checks every shard file's size; nothing else. A shard is opened on first use: its Arrow footer and
-schema are checked, its list offsets (the document index) are read into memory, and its tokens are
-read afterwards with pread(2), never memory-mapped, so a shard truncated while training runs is a
-short read and a one-line DataError, not SIGBUS. At most OPEN_SHARDS shards stay open (least
-recently used ones are closed). The sha256 of every byte is checked only on request
-(`verify=True`) because it reads the whole corpus.
+schema are checked and the file positions of its record batches kept; its list offsets (the
+document index) are read when a window of the loader needs them (kept up to OFFSETS_BYTES), its
+tokens with pread(2): nothing is memory-mapped, so a shard truncated while training runs is a short
+read and a one-line DataError, not SIGBUS. At most OPEN_SHARDS shards stay open (least recently
+used ones are closed). The sha256 of every byte is checked only on request (`verify=True`)
+because it reads the whole corpus.
 
 Version 1 directories (no index, no recorded max token id) are read by opening every shard once at
 start-up to count its documents' tokens; every read checks token ids against the vocabulary.
@@ -26,13 +27,26 @@ from gpt.data.tokenizer import Tokenizer, tokenizer_from_dict
 from gpt.data.writer import file_sha256
 from gpt.errors import DataError
 
-OPEN_SHARDS = 256
-"""Shards kept open at once (each holds its list offsets: 8 bytes per document, and one descriptor)."""
+def _open_limit() -> int:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    return max(16, min(4096, (soft if soft > 0 else 1024) // 4))
+
+
+OPEN_SHARDS = _open_limit()
+"""Shards kept open at once: a descriptor and the positions of their record batches each (a quarter
+of the open-file limit, at most 4096)."""
+OFFSETS_BYTES = 256 << 20
+"""Document starts (8 bytes per document) kept for the shards in use, read again when needed."""
 FIX = "re-run gpt-preprocess to rewrite it"
 
 
 class ShardFile:
-    """One shard: footer and schema checked, document starts in memory, tokens read with pread."""
+    """One shard: footer and schema checked once, tokens and list offsets read with pread."""
 
     def __init__(self, path: Path, entry: dict, dtype: str, version: int):
         self.path = path
@@ -64,56 +78,66 @@ class ShardFile:
             raise DataError(f"{path}: not a readable Arrow IPC file ({str(e).splitlines()[0]}); {FIX}") from None
         check_schema(path, reader.schema, dtype, version)
         self.has_mask = LOSS_MASK in reader.schema.names
-        starts: List[np.ndarray] = []       # element index (within the shard) of every document's first token
-        self.values_pos: List[int] = []     # file offset of each batch's token values
-        self.mask_pos: List[int] = []
-        self.batch_start = [0]              # element index of each batch's first token
+        values_pos, mask_pos, offsets_pos, rows_of = [], [], [], []
+        batch_start = [0]                     # element index of each batch's first token
         rows = 0
+        tokens = values = offsets = None
         for batch in batches:
             try:
                 batch.validate()
                 tokens = batch.column(TOKENS)
-                offsets = tokens.offsets.to_numpy().astype(np.int64)
+                offsets = tokens.offsets.to_numpy()
                 values = tokens.values
                 if self.has_mask:
                     mask = batch.column(LOSS_MASK)
-                    if not np.array_equal(mask.offsets.to_numpy(), tokens.offsets.to_numpy()):
+                    if not np.array_equal(mask.offsets.to_numpy(), offsets):
                         raise DataError(f"{path}: loss_mask rows differ in length from tokens rows; {FIX}")
-                    self.mask_pos.append(mask.values.buffers()[1].address - base + mask.values.offset)
+                    mask_pos.append(mask.values.buffers()[1].address - base + mask.values.offset)
             except pa.ArrowException as e:
                 raise DataError(f"{path}: corrupt record batch ({str(e).splitlines()[0]}); {FIX}") from None
             if len(offsets) != len(tokens) + 1 or offsets[0] != 0 or offsets[-1] != len(values) \
                     or np.any(offsets[1:] < offsets[:-1]):
                 raise DataError(f"{path}: corrupt list offsets in the tokens column; {FIX}")
-            self.values_pos.append(values.buffers()[1].address - base + values.offset * self.itemsize)
-            starts.append(offsets[:-1] + self.batch_start[-1])
-            self.batch_start.append(self.batch_start[-1] + len(values))
+            values_pos.append(values.buffers()[1].address - base + values.offset * self.itemsize)
+            offsets_pos.append(tokens.buffers()[1].address - base + tokens.offset * 4)
+            rows_of.append(len(tokens))
+            batch_start.append(batch_start[-1] + len(values))
             rows += len(tokens)
-        del batches, reader
+        del batches, reader, offsets, tokens, values
         mm.close()
-        if rows != entry["documents"] or self.batch_start[-1] != entry["tokens"]:
-            raise DataError(f"{path}: holds {rows} documents and {self.batch_start[-1]} tokens but metadata.json says "
+        if rows != entry["documents"] or batch_start[-1] != entry["tokens"]:
+            raise DataError(f"{path}: holds {rows} documents and {batch_start[-1]} tokens but metadata.json says "
                             f"{entry['documents']} and {entry['tokens']}; {FIX}")
-        self.doc_start = np.concatenate(starts + [np.array([self.batch_start[-1]])]).astype(np.int64)  # [docs + 1]
-        self.batch_start_array = np.array(self.batch_start, dtype=np.int64)
-        self.values_pos_array = np.array(self.values_pos, dtype=np.int64)
-        self.mask_pos_array = np.array(self.mask_pos, dtype=np.int64) if self.has_mask else None
+        self.batch_start = np.array(batch_start, dtype=np.int64)      # [batches + 1]
+        self.values_pos = np.array(values_pos, dtype=np.int64)        # [batches] file offsets
+        self.mask_pos = np.array(mask_pos, dtype=np.int64) if self.has_mask else None
+        self.offsets_pos = offsets_pos
+        self.rows = rows_of
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
 
+    def doc_starts(self) -> np.ndarray:
+        """Element index (within the shard) of every document's first token, and the end [docs + 1] int64."""
+        out = [np.zeros(1, dtype=np.int64)]
+        for b, (pos, rows) in enumerate(zip(self.offsets_pos, self.rows)):
+            offsets = np.empty(rows + 1, dtype=np.int32)
+            self._pread(np.array([pos]), np.array([4 * (rows + 1)]), np.zeros(1, np.int64), memoryview(offsets).cast("B"))
+            out.append(offsets[1:].astype(np.int64) + self.batch_start[b])
+        return np.concatenate(out)
+
     def read(self, elem: np.ndarray, length: np.ndarray, dest: np.ndarray, out: np.ndarray,
              mask_out: Optional[np.ndarray]) -> None:
         """out[dest[i]: dest[i] + length[i]] = tokens [elem[i], elem[i] + length[i]) of this shard (runs
         never cross a document, hence never a record batch); the same for the loss mask."""
-        batch = np.searchsorted(self.batch_start_array, elem, side="right") - 1
-        local = elem - self.batch_start_array[batch]
-        self._pread(self.values_pos_array[batch] + local * self.itemsize, length * self.itemsize,
+        batch = np.searchsorted(self.batch_start, elem, side="right") - 1
+        local = elem - self.batch_start[batch]
+        self._pread(self.values_pos[batch] + local * self.itemsize, length * self.itemsize,
                     dest * self.itemsize, memoryview(out).cast("B"))
         if mask_out is not None and self.has_mask:
-            self._pread(self.mask_pos_array[batch] + local, length, dest, memoryview(mask_out))
+            self._pread(self.mask_pos[batch] + local, length, dest, memoryview(mask_out))
 
     def _pread(self, pos: np.ndarray, nbytes: np.ndarray, at: np.ndarray, buffer: memoryview) -> None:
         fd = self.fd
@@ -152,16 +176,23 @@ class ShardSet:
 
     def __init__(self, directory, *, verify: bool = False):
         self.directory = Path(directory)
-        self.meta = read_metadata(self.directory)
-        self.version = self.meta["version"]
-        self.dtype = self.meta["dtype"]
-        self.eod_id = int(self.meta["tokenizer"]["eod_id"])
-        self.vocab_size = int(self.meta["tokenizer"]["vocab_size"])
-        entries = self.meta["shards"]
+        meta = read_metadata(self.directory)
+        entries = meta.pop("shards")
+        self.meta = meta
+        """metadata.json without its list of shards (kept as arrays below: the list costs ~0.7 kB per shard)."""
+        self.version = meta["version"]
+        self.dtype = meta["dtype"]
+        self.eod_id = int(meta["tokenizer"]["eod_id"])
+        self.vocab_size = int(meta["tokenizer"]["vocab_size"])
+        self.shard_files = [s["file"] for s in entries]
+        self.shard_bytes = np.array([s["bytes"] for s in entries], dtype=np.int64)         # [shards]
+        self.shard_tokens = np.array([s["tokens"] for s in entries], dtype=np.int64)       # [shards]
         self.shard_docs = np.array([s["documents"] for s in entries], dtype=np.int64)      # [shards]
         self.shard_doc_start = np.concatenate([[0], np.cumsum(self.shard_docs)])            # [shards + 1]
         self._open: "OrderedDict[int, ShardFile]" = OrderedDict()
-        for i, entry in enumerate(entries):  # cheap: one stat per shard
+        self._starts: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._starts_bytes = 0
+        for entry in entries:  # cheap: one stat per shard
             path = self.directory / entry["file"]
             if not path.is_file():
                 raise DataError(f"{path}: shard listed in metadata.json is missing (or not a regular file); {FIX}")
@@ -170,8 +201,9 @@ class ShardSet:
                                 f"(truncated or modified); {FIX}")
             if verify and file_sha256(path, fsync=False) != entry["sha256"]:
                 raise DataError(f"{path}: sha256 does not match metadata.json (the shard is corrupt); {FIX}")
+        del entries
         if verify:
-            for i in range(len(entries)):
+            for i in range(len(self.shard_files)):
                 self._file(i)
         self.has_mask = self._file(0).has_mask
         if self.version >= 2:
@@ -188,12 +220,12 @@ class ShardSet:
             raise DataError(f"{self.directory}: the chunk index holds {len(self.chunk_tokens)} chunks, the shards "
                             f"need {self.shard_chunk_start[-1]}; {FIX}")
         sums = np.add.reduceat(self.chunk_tokens, self.shard_chunk_start[:-1]) if len(self.chunk_tokens) else []
-        tokens = np.array([s["tokens"] for s in entries], dtype=np.int64)
+        tokens = self.shard_tokens
         nonempty = per_shard > 0
         if not np.array_equal(np.asarray(sums)[nonempty], tokens[nonempty]) or tokens[~nonempty].any():
             bad = int(np.flatnonzero(nonempty)[np.asarray(sums)[nonempty] != tokens[nonempty]][0]) if nonempty.any() else 0
-            raise DataError(f"{self.directory}: the chunk index does not match {entries[bad]['file']} "
-                            f"({entries[bad]['tokens']} tokens in metadata.json); {FIX}")
+            raise DataError(f"{self.directory}: the chunk index does not match {self.shard_files[bad]} "
+                            f"({tokens[bad]} tokens in metadata.json); {FIX}")
 
     @property
     def num_documents(self) -> int:
@@ -231,7 +263,7 @@ class ShardSet:
         bounds = np.flatnonzero(np.diff(shard[order])) + 1
         for group in np.split(order, bounds) if len(order) else []:
             s = int(shard[group[0]])
-            starts = self._file(s).doc_start
+            starts = self._doc_starts(s)
             local = docs[group] - self.shard_doc_start[s]
             elem[group] = starts[local]
             length[group] = starts[local + 1] - starts[local]
@@ -250,7 +282,7 @@ class ShardSet:
         if len(out) and int(out.max()) >= self.vocab_size:  # version 1 shards record no max id; cheap anyway
             at = int(np.argmax(out >= self.vocab_size))
             run = int(np.flatnonzero((dest <= at) & (at < dest + length))[0])
-            path = self.directory / self.meta["shards"][int(shard[run])]["file"]
+            path = self.directory / self.shard_files[int(shard[run])]
             raise DataError(f"{path}: holds token id {int(out[at])} but the tokenizer in metadata.json has "
                             f"{self.vocab_size} ids; the shard was written with another tokenizer: {FIX}")
 
@@ -267,7 +299,9 @@ class ShardSet:
     def _file(self, s: int) -> ShardFile:
         f = self._open.get(s)
         if f is None:
-            f = ShardFile(self.directory / self.meta["shards"][s]["file"], self.meta["shards"][s], self.dtype, self.version)
+            entry = {"documents": int(self.shard_docs[s]), "tokens": int(self.shard_tokens[s]),
+                     "bytes": int(self.shard_bytes[s])}
+            f = ShardFile(self.directory / self.shard_files[s], entry, self.dtype, self.version)
             if self._open and f.has_mask != next(iter(self._open.values())).has_mask:
                 raise DataError(f"{f.path}: has {'a' if f.has_mask else 'no'} loss_mask column, unlike the other "
                                 f"shards of {self.directory}; {FIX}")
@@ -278,10 +312,22 @@ class ShardSet:
             self._open.move_to_end(s)
         return f
 
+    def _doc_starts(self, s: int) -> np.ndarray:
+        starts = self._starts.get(s)
+        if starts is None:
+            starts = self._file(s).doc_starts()
+            self._starts[s] = starts
+            self._starts_bytes += starts.nbytes
+            while self._starts_bytes > OFFSETS_BYTES and len(self._starts) > 1:
+                self._starts_bytes -= self._starts.popitem(last=False)[1].nbytes
+        else:
+            self._starts.move_to_end(s)
+        return starts
+
     def _index_from_offsets(self) -> np.ndarray:
         chunks = []
-        for s in range(len(self.meta["shards"])):
-            lengths = np.diff(self._file(s).doc_start)
+        for s in range(len(self.shard_files)):
+            lengths = np.diff(self._file(s).doc_starts())
             if self.granularity == 1:
                 chunks.append(lengths)
             else:

@@ -52,11 +52,17 @@ class Tokenizer:
 
     def segments(self, text: str, size: int = SEGMENT_CHARS) -> List[str]:
         """`text` cut into pieces of about `size` characters whose encodings, joined, are the encoding of
-        `text`. A cut is made only at a whitespace character between two others, and only where
-        encoding the surrounding 2 KB whole and in two halves gives the same ids (so the tokenizer's
-        own pre-tokenizer splits there); where no such place is found the piece grows."""
+        `text` (see `cuts`)."""
+        cuts = self.cuts(text, size)
+        return [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def cuts(self, text: str, size: int = SEGMENT_CHARS) -> List[int]:
+        """Where to cut `text` into pieces of about `size` characters (0 and len(text) included). A cut is
+        made only at a whitespace character between two others, and only where encoding the
+        surrounding 2 KB whole and in two halves gives the same ids (so the tokenizer's own
+        pre-tokenizer splits there); where no such place is found the piece grows."""
         if len(text) <= 2 * size:
-            return [text]
+            return [0, len(text)]
         cuts = [0]
         pos = size
         while pos < len(text) - size:
@@ -67,7 +73,7 @@ class Tokenizer:
                 cuts.append(cut)
                 pos = cut + size
         cuts.append(len(text))
-        return [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+        return cuts
 
     def _safe_cut(self, text: str, pos: int) -> Optional[int]:
         for i, m in enumerate(_CUT.finditer(text, pos, min(len(text), pos + (1 << 16)))):
@@ -114,9 +120,9 @@ class ByteTokenizer(Tokenizer):
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(dtype), lengths
 
-    def segments(self, text: str, size: int = SEGMENT_CHARS) -> List[str]:
+    def cuts(self, text: str, size: int = SEGMENT_CHARS) -> List[int]:
         """Bytes are bytes: any cut is exact."""
-        return [text[i:i + size] for i in range(0, len(text), size)] or [text]
+        return list(range(0, len(text), size)) + [len(text)] if text else [0, 0]
 
     def decode(self, ids: Iterable[int]) -> str:
         a = as_id_array(ids)

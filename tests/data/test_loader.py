@@ -70,9 +70,15 @@ def test_samples_are_windows_of_documents_joined_by_eod(shards):
 
 
 def test_each_epoch_trains_on_every_train_token_once_in_a_new_order(shards):
+    from gpt.data.packing import split_chunks
+
     train, val = loaders(shards, gbs=8, micro=8)
     n = train.samples_per_epoch
-    val_tokens = set(np.concatenate([global_tokens(val, k * 8) for k in range(val.samples_per_epoch // 8 + 1)]).ravel())
+    _, val_docs = split_chunks(len(LENGTHS), 0.05, where="test")    # one chunk per document here
+    starts = np.concatenate([[0], np.cumsum(LENGTHS)])
+    val_tokens = set(np.concatenate([np.arange(starts[d], starts[d + 1]) for d in val_docs]).tolist())
+    seen_val = set(np.concatenate([global_tokens(val, k * 8) for k in range(val.samples_per_epoch // 8 + 1)]).ravel())
+    assert seen_val - {EOD} <= val_tokens, "validation batches hold validation documents only"
     orders = []
     for epoch in range(2):
         rows = np.concatenate([global_tokens(train, epoch * n + c) for c in range(0, n - n % 8, 8)])
@@ -81,9 +87,9 @@ def test_each_epoch_trains_on_every_train_token_once_in_a_new_order(shards):
         labels = labels[labels != EOD]
         assert len(np.unique(labels)) == len(labels), "no token is a label twice within an epoch"
         assert not (set(labels.tolist()) & val_tokens), "validation documents never reach training"
-        train_tokens = int(LENGTHS.sum()) - sum(1 for t in val_tokens if t != EOD)
-        # Only the tail of the epoch's stream (< one sample) and the partial last batch are missing.
-        assert len(labels) >= train_tokens - (n % 8 + 1) * 17
+        train_tokens = int(LENGTHS.sum()) - len(val_tokens)
+        # Missing: the stream's first token and its tail (< one sample), and the partial last batch.
+        assert len(labels) >= train_tokens - 1 - 16 - (n % 8) * 16
         orders.append(rows[:, 0])
     assert not np.array_equal(orders[0], orders[1]), "every epoch is a different shuffle"
 

@@ -176,16 +176,19 @@ def test_schema_must_match_metadata(shards):
         assert "shard-00000.arrow" in msg and expect in msg
 
 
-def write_version_1(directory, lengths, *, shard_docs: int, vocab_size: int = 1 << 24, tokens=None):
-    """A shard directory exactly as gpt 0.1 wrote it (format version 1: no index, no max_token_id)."""
+def write_version_1(directory, lengths, *, shard_docs, vocab_size: int = 1 << 24, tokens=None):
+    """A shard directory exactly as gpt 0.1 wrote it (format version 1: no index, no max_token_id), with
+    shard_docs documents per shard (a number, or a list)."""
     directory.mkdir()
     lengths = np.asarray(lengths)
     tokens = np.arange(lengths.sum(), dtype=np.uint32) if tokens is None else tokens
     item = pa.list_(pa.field("item", pa.uint32(), nullable=False))
     schema = pa.schema([pa.field("tokens", item, nullable=False)], metadata=schema_metadata(1))
     shards, start = [], 0
-    for i, first in enumerate(range(0, len(lengths), shard_docs)):
-        part = lengths[first:first + shard_docs]
+    counts = shard_docs if isinstance(shard_docs, list) else [shard_docs] * -(-len(lengths) // shard_docs)
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for i, (first, count) in enumerate(zip(firsts, counts)):
+        part = lengths[first:first + count]
         offsets = np.concatenate([[0], np.cumsum(part)]).astype(np.int32)
         values = tokens[start:start + int(part.sum())]
         start += int(part.sum())
@@ -203,8 +206,8 @@ def write_version_1(directory, lengths, *, shard_docs: int, vocab_size: int = 1 
 
 
 def test_version_1_directories_open_and_give_the_same_batches(tmp_path):
-    write_version_1(tmp_path / "v1", LENGTHS, shard_docs=30)
-    write_address_shards(tmp_path / "v2", LENGTHS, shard_tokens=2000)
+    meta = write_address_shards(tmp_path / "v2", LENGTHS, shard_tokens=2000)
+    write_version_1(tmp_path / "v1", LENGTHS, shard_docs=[s["documents"] for s in meta["shards"]])
     for k in range(5):
         a = build_loaders(DataConfig(path=str(tmp_path / "v1")), seq_len=16, global_batch_size=8, micro_batch_size=4,
                           dp_rank=0, dp_size=1, seed=3)
