@@ -31,7 +31,7 @@ WINDOW_SAMPLES = 1 << 18
 BLOCKS_PER_WINDOW = 128
 """The epoch shuffles blocks of consecutive chunks of one shard, of about 1/128 of a window (4M tokens
 at seq_len 2048): a window reads ~128 shards whatever the size of the corpus and of its chunks."""
-_CACHED_WINDOWS = 4
+_CACHED_WINDOWS = 2
 _CACHED_EPOCHS = 2
 
 

@@ -40,7 +40,7 @@ def _open_limit() -> int:
 OPEN_SHARDS = _open_limit()
 """Shards kept open at once: a descriptor and the positions of their record batches each (a quarter
 of the open-file limit, at most 4096)."""
-OFFSETS_BYTES = 256 << 20
+OFFSETS_BYTES = 64 << 20
 """Document starts (8 bytes per document) kept for the shards in use, read again when needed."""
 FIX = "re-run gpt-preprocess to rewrite it"
 
