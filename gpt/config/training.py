@@ -44,6 +44,16 @@ class ModelConfig:
     """learned (GPT-2 absolute positions) | rope (rotary, Llama)."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""
+    rope_scaling: str = "none"
+    """none | linear | ntk | llama3: rescaled RoPE frequencies for a longer context than pretraining had (docs/parallelism.md, long sequences). With model.init_from, setting it extends the source: model.max_seq_len becomes the source's times model.rope_factor."""
+    rope_factor: float = 1.0
+    """Context extension factor of model.rope_scaling (new context / original context)."""
+    rope_original_max_seq_len: Optional[int] = None
+    """The pretraining context that llama3 scaling keeps high frequencies for; null: model.max_seq_len / model.rope_factor."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 scaling: wavelengths above original context / this are divided by rope_factor."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 scaling: wavelengths below original context / this are kept."""
     tie_embeddings: bool = True
     """Share the input embedding with the output head."""
     init_std: float = 0.02

@@ -95,6 +95,7 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     _check(m.n_head % kv == 0, f"model.n_kv_head={kv} does not divide model.n_head={m.n_head}")
     if m.position == "rope":
         _check((m.n_embd // m.n_head) % 2 == 0, f"rope needs an even head size; model.n_embd/model.n_head={m.n_embd // m.n_head}")
+    validate_rope_scaling(m)
     _check(t.seq_len <= m.max_seq_len,
            f"train.seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}; lower the first or raise the second")
 
@@ -131,6 +132,27 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
     validate_peft(cfg)
     return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step)
+
+
+def validate_rope_scaling(m) -> None:
+    """model.rope_* (gpt/model/rope.py): only with rotary positions, factors that extend the context."""
+    from gpt.model.rope import SCALINGS
+
+    _one_of("model.rope_scaling", m.rope_scaling, SCALINGS)
+    if m.rope_scaling == "none":
+        return
+    _check(m.position == "rope", f"model.rope_scaling={m.rope_scaling} needs model.position=rope (it rescales rotary "
+                                 f"frequencies; learned positions have none)")
+    _check(math.isfinite(m.rope_factor) and m.rope_factor >= 1.0,
+           f"model.rope_factor={m.rope_factor} must be >= 1 (new context / original context)")
+    if m.rope_scaling == "ntk":
+        _check(m.n_embd // m.n_head > 2, "model.rope_scaling=ntk needs a head size above 2")
+    if m.rope_scaling == "llama3":
+        original = m.rope_original_max_seq_len
+        _check(original is None or original >= 1, f"model.rope_original_max_seq_len={original} must be at least 1")
+        _check(0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
+               f"model.rope_low_freq_factor={m.rope_low_freq_factor} must be positive and below "
+               f"model.rope_high_freq_factor={m.rope_high_freq_factor}")
 
 
 def validate_peft(cfg) -> None:

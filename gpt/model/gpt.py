@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt.config.training import ModelConfig
+from gpt.model import rope
 from gpt.model.slots import LayerInit, Slots
 
 
@@ -39,11 +40,10 @@ class Embedding(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE (rotate-half convention, as Hugging Face Llama) on (b, n, t, hd)."""
+    """RoPE (rotate-half convention, as Hugging Face Llama) on (b, n, t, hd); frequencies from rope.py."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+    def __init__(self, max_seq_len: int, inv_freq: torch.Tensor):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
         self.register_buffer("cos", emb.cos(), persistent=False)
@@ -66,7 +66,7 @@ class Attention(nn.Module):
         # contiguous split over the tensor group gives each rank whole groups (Megatron's layout).
         self.qkv = slots.column(cfg.n_embd, (cfg.n_head + 2 * n_kv) * self.hd, bias=cfg.bias, init=init.normal())
         self.proj = slots.row(cfg.n_head * self.hd, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
-        self.rotary = Rotary(self.hd, cfg.max_seq_len, cfg.rope_theta) if cfg.position == "rope" else None
+        self.rotary = Rotary(cfg.max_seq_len, rope.model_frequencies(cfg)) if cfg.position == "rope" else None
         self.dropout = cfg.dropout
         self.drop = nn.Dropout(cfg.dropout)
 
