@@ -71,7 +71,11 @@ class ParallelConfig:
     pipeline_layers: Optional[List[int]] = None
     """Transformer blocks per pipeline stage (sums to model.n_layer); null splits them evenly."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3 over the data-parallel group (data parallel = world / (tensor*pipeline))."""
+    """DeepSpeed ZeRO stage 0-3 over the data-parallel group (data parallel = world / (tensor*pipeline*context)); with context parallelism the context ranks join it, as in Megatron."""
+    context: int = 1
+    """Context-parallel size: each sequence is split into 2*context chunks, rank i of the context group holding chunks i and 2*context-1-i; attention all-gathers keys and values over the group (docs/parallelism.md)."""
+    sequence_parallel: bool = False
+    """With parallel.tensor > 1: norms, dropout and the residual stream hold 1/tensor of the sequence on each rank (Megatron's sequence parallelism): all-gather before column-parallel linears, reduce-scatter after row-parallel ones."""
 
 
 @dataclass(kw_only=True)

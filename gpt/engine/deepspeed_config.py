@@ -49,7 +49,8 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
         raise ConfigError("deepspeed.zero_optimization.stage is derived from parallel.zero_stage; set that instead")
     zero["stage"] = deepspeed_zero_stage(cfg)
     ds = {
-        "train_batch_size": cfg.train.global_batch_size,
+        # DeepSpeed counts context ranks as data ranks (mpu.py): each sees every sample of its data rank.
+        "train_batch_size": cfg.train.global_batch_size * layout.context,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accum,
         # Plain fp32 without ZeRO: our optimizer clips (and reports the norm) itself.

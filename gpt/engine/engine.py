@@ -126,9 +126,10 @@ class DenseEngine(TrainEngine):
         return self._mean_over_dp(total / len(micro_batches))
 
     def _mean_over_dp(self, value: torch.Tensor) -> float:
-        if self.ctx.layout.data > 1:
-            collectives.all_reduce(value, group=self.ctx.dp_group)
-            value = value / self.ctx.layout.data
+        n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples
+        if n > 1:
+            collectives.all_reduce(value, group=self.ctx.dp_cp_group)
+            value = value / n
         return float(value)
 
 

@@ -90,7 +90,7 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
             with torch.no_grad():
                 super()._synchronize_tied_weights()
 
-    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
+    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data_context)
     module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
                          checkpointable_layers=["Block"])
     # Recompute each Block in backward (DeepSpeed's checkpoint; the embedding, norm and head are
