@@ -69,5 +69,14 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
     for key, value in cfg.deepspeed.items():
         if key != "zero_optimization":
             ds[key] = copy.deepcopy(value)
+    if cfg.parallel.sequence_parallel and layout.tensor > 1:
+        # DeepSpeed's pipeline sends 1/tensor of each activation and all-gathers it on the next stage,
+        # assuming the tensor ranks hold the same activations; under sequence parallelism each holds
+        # its own part of the sequence, so every rank sends its whole (already split) activation.
+        pipe = ds.setdefault("pipeline", {})
+        if pipe.get("pipe_partitioned") or pipe.get("grad_partitioned"):
+            raise ConfigError("deepspeed.pipeline.pipe_partitioned/grad_partitioned cannot be true with "
+                              "parallel.sequence_parallel=true (the activations are already split over the tensor group)")
+        pipe.update(pipe_partitioned=False, grad_partitioned=False)
     ds["zero_optimization"] = zero
     return ds

@@ -40,7 +40,7 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     specs = [TiedLayerSpec("embed", Embedding, *emb_args, tied_weight_attr="wte.weight") if cfg.tie_embeddings
              else LayerSpec(Embedding, *emb_args)]
     specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
-    specs.append(LayerSpec(Norm, cfg))
+    specs.append(LayerSpec(Norm, cfg, slots))
     if cfg.tie_embeddings:
         head = Output(cfg, slots, init(n + 2), shape.padded_vocab)  # holds no weight when tied
         specs.append(TiedLayerSpec("embed", Embedding, *emb_args, forward_fn=_tied_head(head),

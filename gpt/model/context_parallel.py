@@ -79,7 +79,11 @@ class ContextParallelAttention:
     def positions(self, local_len: int, device=None) -> torch.Tensor:
         return local_positions(local_len, self.cp_rank, self.cp_size, device)
 
-    def __call__(self, q, k, v, *, dropout_p: float = 0.0, enable_gqa: bool = False) -> torch.Tensor:
+    def __call__(self, q, k, v, *, attn_mask=None, is_causal: bool = True, dropout_p: float = 0.0,
+                 enable_gqa: bool = False) -> torch.Tensor:
+        """Causal attention of the local queries over the whole sequence (training: no cache, no mask)."""
+        if attn_mask is not None or not is_causal:
+            raise ValueError("context-parallel attention is causal self-attention over whole sequences (no KV cache)")
         k_all = _GatherSequence.apply(k, self.group, self.cp_size)  # (b, nkv, T, hd)
         v_all = _GatherSequence.apply(v, self.group, self.cp_size)
         c = q.shape[2] // 2

@@ -34,6 +34,7 @@ class ParallelContext:
     device: torch.device
     backend: str
     cp_rank: int = 0
+    dp_cp_rank: int = 0  # rank in dp_cp_group (= dp_rank without context parallelism)
 
     @property
     def cp_group(self):
@@ -129,6 +130,7 @@ def initialize(layout: Layout, device: str = "auto", timeout_minutes: int = 30) 
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
         cp_rank=parallel_state.get_context_parallel_rank(),
+        dp_cp_rank=parallel_state.get_data_parallel_rank(with_context_parallel=True),
         device=dev,
         backend=backend,
     )
