@@ -94,11 +94,11 @@ class TrainEngine:
 
     def _to_device(self, b: Batch) -> Batch:
         dev = self.ctx.device
-        b = self._local(b)
+        b = self.local_batch(b)
         return Batch(b.tokens.to(dev, non_blocking=True), b.labels.to(dev, non_blocking=True),
                      b.weights.to(dev, non_blocking=True))
 
-    def _local(self, b: Batch) -> Batch:
+    def local_batch(self, b: Batch) -> Batch:
         """This context rank's chunks of each sequence (context_parallel.py). Its loss weights are
         multiplied by the context size: DeepSpeed averages gradients over data x context ranks, and
         the chunks of one sample add up to its whole loss."""
@@ -152,7 +152,7 @@ class PipeEngine(TrainEngine):
                 yield canonical_name(name, n), p
 
     def _feed(self, micro_batches):
-        return iter([(b.tokens, (b.labels, b.weights)) for b in map(self._local, micro_batches)])
+        return iter([(b.tokens, (b.labels, b.weights)) for b in map(self.local_batch, micro_batches)])
 
     def train_step(self, micro_batches):
         loss = self.ds.train_batch(self._feed(micro_batches))  # averaged over micro-batches and data ranks
