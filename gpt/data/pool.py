@@ -1,6 +1,7 @@
 """Preprocessing workers: tasks go round-robin to N workers, each with its own bounded result queue,
 and come back in task order, so memory is bounded (at most QUEUE_MESSAGES messages per worker wait
-to be written) and the output does not depend on the number of workers.
+to be written) and the output does not depend on the number of workers. Worker processes send
+token ids through a pipe as raw bytes, received straight into their array (no pickling).
 
 workers=1 runs one worker thread in this process (two for `tokenizers` encoders, which release the
 GIL), beside the writing main thread; workers > 1 are spawned processes (not forked: the parent
@@ -16,6 +17,8 @@ import traceback
 from collections import deque
 from typing import Iterable, Iterator, Tuple
 
+import numpy as np
+
 from gpt.data import encode
 from gpt.data.inputs import Task
 from gpt.errors import DataError, GptError
@@ -24,6 +27,47 @@ QUEUE_MESSAGES = 4
 TASKS_AHEAD = 2
 """Tasks given to each worker ahead of the one being written."""
 _DONE = "done"
+_TOKENS = "tokens"
+
+
+class _PipeSender:
+    """A worker process's end of its result pipe: put() queues up to QUEUE_MESSAGES messages, a thread
+    sends them (token ids as raw bytes), so the worker encodes ahead while the main process writes."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.queue = queue.Queue(QUEUE_MESSAGES)
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def put(self, message) -> None:
+        self.queue.put(message)
+
+    def _send(self) -> None:
+        while True:
+            message = self.queue.get()
+            if message is None:
+                return
+            if isinstance(message, encode.Tokens):
+                ids = np.ascontiguousarray(message.tokens)
+                self.conn.send((_TOKENS, len(ids), ids.dtype.str, message.lengths, message.open_end))
+                if len(ids):
+                    self.conn.send_bytes(memoryview(ids).cast("B"))
+            else:
+                self.conn.send(message)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+
+
+def _process_main(init_args, kwargs, tasks, conn) -> None:
+    sender = _PipeSender(conn)
+    try:
+        _work(init_args, kwargs, tasks, sender)
+    finally:
+        sender.close()
+        conn.close()
 
 
 class _Stopped(Exception):
@@ -80,11 +124,15 @@ class Workers:
             ctx = multiprocessing.get_context("spawn")
             threads = max(1, (os.cpu_count() or 1) // workers)  # no oversubscription of the cores
             self._tasks = [ctx.Queue() for _ in range(workers)]
-            self._results = [ctx.Queue(QUEUE_MESSAGES) for _ in range(workers)]
-            self._procs = [ctx.Process(target=_work, args=(init_args, {"threads": threads}, t, r), daemon=True)
-                           for t, r in zip(self._tasks, self._results)]
+            pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+            self._results = [read for read, _ in pipes]
+            self._procs = [ctx.Process(target=_process_main, args=(init_args, {"threads": threads}, t, write), daemon=True)
+                           for t, (_, write) in zip(self._tasks, pipes)]
         for p in self._procs:
             p.start()
+        if not self.threaded:
+            for _, write in pipes:
+                write.close()  # the workers hold the write ends: a dead worker is an EOF here
 
     def run(self, tasks: Iterable[Task]) -> Iterator[Tuple[Task, object]]:
         """(task, message) for every message of every task, in task order; the last message of a task
@@ -124,9 +172,11 @@ class Workers:
     def _get(self, slot: int):
         while True:
             try:
-                message = self._results[slot].get(timeout=1.0)
-            except queue.Empty:
-                if not self._procs[slot].is_alive():
+                message = self._results[slot].get(timeout=1.0) if self.threaded else self._receive(slot)
+            except (queue.Empty, EOFError, OSError):
+                if self.threaded or not self._procs[slot].is_alive():
+                    if self.threaded and self._procs[slot].is_alive():
+                        continue
                     raise DataError("a preprocessing worker died (out of memory? killed?); retry with fewer workers "
                                     f"(workers={self.n}) or a smaller task_bytes") from None
                 continue
@@ -135,6 +185,19 @@ class Workers:
                     raise DataError(message[1])
                 raise RuntimeError(f"a preprocessing worker failed:\n{message[1]}")
             return message
+
+    def _receive(self, slot: int):
+        conn = self._results[slot]
+        if not conn.poll(1.0):
+            raise queue.Empty
+        message = conn.recv()
+        if isinstance(message, tuple) and message[0] == _TOKENS:
+            _, n, dtype, lengths, open_end = message
+            ids = np.empty(n, dtype=np.dtype(dtype))
+            if n:
+                conn.recv_bytes_into(memoryview(ids).cast("B"))
+            return encode.Tokens(ids, lengths, open_end)
+        return message
 
     def close(self) -> None:
         if self.threaded:

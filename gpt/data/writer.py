@@ -116,8 +116,8 @@ class ShardWriter:
         self.chunks: List[np.ndarray] = []
         self.granularity = 1
         self.documents = 0
-        self._tokens = _Growing(self.np_dtype, min(self.batch_tokens, 1 << 20))
-        self._mask = _Growing(np.uint8, min(self.batch_tokens, 1 << 20)) if loss_mask else None
+        self._tokens = _Growing(self.np_dtype, self.batch_tokens)  # pages are touched only as they fill
+        self._mask = _Growing(np.uint8, self.batch_tokens) if loss_mask else None
         self._lengths: List[np.ndarray] = []       # complete documents of the buffered batch
         self._open = False                         # a document is still arriving (open_end)
         self._open_tokens = 0                      # its tokens so far
@@ -127,6 +127,8 @@ class ShardWriter:
         self._counter = _ChunkCounter(self.granularity)
         self._file = None
         self._writer = None
+        self._hasher = None            # fsync + sha256 of closed shards, off the writing thread
+        self._checksums: list = []
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: Optional[np.ndarray] = None,
             open_end: bool = False) -> None:
@@ -168,9 +170,18 @@ class ShardWriter:
     def close(self) -> List[dict]:
         """Finish the last shard; returns one entry per shard for metadata.json."""
         self.end_unit()
+        for entry, future in self._checksums:
+            entry["sha256"] = future.result()
+        self._checksums = []
+        if self._hasher is not None:
+            self._hasher.shutdown()
+            self._hasher = None
         return self.shards
 
     def abort(self) -> None:
+        if self._hasher is not None:
+            self._hasher.shutdown(cancel_futures=True)
+            self._hasher = None
         if self._writer is not None:
             self._writer.close()
             self._file.close()
@@ -252,9 +263,14 @@ class ShardWriter:
         self._file.close()
         self._writer = self._file = None
         path = self._path()
-        self.shards.append({"file": path.name, "documents": self._shard_docs, "tokens": self._shard_tokens,
-                            "bytes": path.stat().st_size, "sha256": file_sha256(path),
-                            "max_token_id": self._shard_max})
+        entry = {"file": path.name, "documents": self._shard_docs, "tokens": self._shard_tokens,
+                 "bytes": path.stat().st_size, "sha256": None, "max_token_id": self._shard_max}
+        if self._hasher is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
+        self._checksums.append((entry, self._hasher.submit(file_sha256, path)))
+        self.shards.append(entry)
         self.chunks.append(self._counter.finish())
         self._counter = _ChunkCounter(self.granularity)
         self._shard_docs = self._shard_tokens = self._shard_max = 0
