@@ -48,14 +48,15 @@ class Session:
 def evaluate(s: Session) -> float:
     """Mean validation loss over eval.iters global batches (the same batches every time)."""
     gbs = s.cfg.train.global_batch_size
-    batches, error = [], None
-    try:  # read first, so every rank knows whether all could read before any collective
-        batches = [s.val_data.global_batch(k * gbs) for k in range(s.cfg.eval.iters)]
-    except DataError as e:
-        error = e
-    if any_rank(s.ctx.device, error is not None)[0]:
-        data_failure(s, error, saved=False)  # evaluation follows a step that is not saved yet
-    losses = [s.engine.eval_loss(b) for b in batches]
+    losses = []
+    for k in range(s.cfg.eval.iters):
+        try:  # read first, so that every rank knows whether all could read before the collectives
+            batches, error = s.val_data.global_batch(k * gbs), None
+        except DataError as e:
+            batches, error = None, e
+        if any_rank(s.ctx.device, error is not None)[0]:
+            data_failure(s, error, saved=False)  # evaluation follows a step that is not saved yet
+        losses.append(s.engine.eval_loss(batches))
     return sum(losses) / len(losses)
 
 
