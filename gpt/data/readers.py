@@ -86,10 +86,8 @@ def _boundary_before(fh, start: int, target: int, f) -> int:
     if f.kind == JSONL:
         i = window.rfind(b"\n")
         return lo + i + 1 if i >= 0 else start
-    last = None
-    for last in BLANK_LINES.finditer(window):
-        pass
-    return lo + last.end() if last is not None and lo + last.end() > start else start
+    ends = [m.end() for m in BLANK_LINES.finditer(window)]
+    return lo + ends[-1] if ends and lo + ends[-1] > start else start
 
 
 def _open_stream(path: str, compression: str):
@@ -155,10 +153,8 @@ def _last_boundary(buf: bytearray, kind: str) -> int:
     if kind == JSONL:
         return buf.rfind(b"\n") + 1
     tail = max(0, len(buf) - (1 << 20))
-    last = None
-    for last in BLANK_LINES.finditer(buf, tail):
-        pass
-    return last.end() if last else 0
+    ends = [m.end() for m in BLANK_LINES.finditer(buf, tail)]
+    return ends[-1] if ends else 0
 
 
 # ---- a worker: task -> documents ---------------------------------------------------------------

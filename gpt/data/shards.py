@@ -17,7 +17,7 @@ import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
