@@ -44,7 +44,7 @@ def docs(text: str, total: int, rng):
         yield text[a:a + n]
 
 
-def generate(d: Path, text: str) -> dict:
+def generate(d: Path, text: str, fraction: float = 1.0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import zstandard
@@ -53,24 +53,24 @@ def generate(d: Path, text: str) -> dict:
     d.mkdir()
     sizes = {}
     with open(d / "big.jsonl", "w") as f:
-        for i, doc in enumerate(docs(text, 1_000_000_000, rng)):
+        for i, doc in enumerate(docs(text, int(1_000_000_000 * fraction), rng)):
             f.write(json.dumps({"text": doc}) + "\n")
-            if i == 30_000:   # the 200 MB document, a third of the way in
-                huge = (text * (200_000_000 // len(text) + 1))[:200_000_000]
+            if i == int(30_000 * fraction):   # the 200 MB document, a third of the way in
+                huge = (text * (int(200_000_000 * fraction) // len(text) + 1))[:int(200_000_000 * fraction)]
                 f.write(json.dumps({"text": huge}) + "\n")
                 del huge
     sizes["big.jsonl (with a 200 MB document)"] = (d / "big.jsonl").stat().st_size
     with open(d / "web.jsonl.zst", "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as z:
-        for doc in docs(text, 600_000_000, rng):
+        for doc in docs(text, int(600_000_000 * fraction), rng):
             z.write((json.dumps({"text": doc}) + "\n").encode())
     sizes["web.jsonl.zst (600 MB decompressed)"] = (d / "web.jsonl.zst").stat().st_size
     (d / "books").mkdir()
     for k in range(4):
         with open(d / "books" / f"book{k}.txt", "w") as f:
-            for doc in docs(text, 100_000_000, rng):
+            for doc in docs(text, int(100_000_000 * fraction), rng):
                 f.write(doc.replace("\n\n", "\n") + "\n\n")
     sizes["books/*.txt"] = sum(p.stat().st_size for p in (d / "books").iterdir())
-    rows = list(docs(text, 300_000_000, rng))
+    rows = list(docs(text, int(300_000_000 * fraction), rng))
     pq.write_table(pa.table({"text": rows}), d / "pages.parquet", row_group_size=2000, compression="none")
     sizes["pages.parquet"] = (d / "pages.parquet").stat().st_size
     return sizes
@@ -97,12 +97,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tokenizer", default="byte")
     ap.add_argument("--keep", help="generate the corpus here and keep it (default: a temporary directory)")
+    ap.add_argument("--fraction", type=float, default=1.0, help="every size times this (a quick check: 0.05)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="gpt-bench-memory-"))
     try:
         corpus = Path(args.keep) if args.keep else tmp / "corpus"
         started = time.perf_counter()
-        sizes = generate(corpus, shakespeare()) if not corpus.exists() else \
+        sizes = generate(corpus, shakespeare(), args.fraction) if not corpus.exists() else \
             {p.name: p.stat().st_size for p in corpus.iterdir()}
         print(f"corpus: {sum(sizes.values()) / 1e9:.2f} GB on disk in {time.perf_counter() - started:.0f} s: "
               + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()))
