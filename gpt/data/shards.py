@@ -43,6 +43,8 @@ OPEN_SHARDS = _open_limit()
 of the open-file limit, at most 4096)."""
 OFFSETS_BYTES = 64 << 20
 """Document starts (8 bytes per document) kept for the shards in use, read again when needed."""
+PARALLEL_OPENS = 32
+"""Shards opened together (by 8 threads) while a window is laid out."""
 FIX = "re-run gpt-preprocess to rewrite it"
 
 
@@ -268,13 +270,35 @@ class ShardSet:
         length = np.empty(len(docs), dtype=np.int64)
         order = np.argsort(shard, kind="stable")
         bounds = np.flatnonzero(np.diff(shard[order])) + 1
-        for group in np.split(order, bounds) if len(order) else []:
-            s = int(shard[group[0]])
-            starts = self._doc_starts(s)
-            local = docs[group] - self.shard_doc_start[s]
-            elem[group] = starts[local]
-            length[group] = starts[local + 1] - starts[local]
+        groups = np.split(order, bounds) if len(order) else []
+        for k in range(0, len(groups), PARALLEL_OPENS):
+            batch = groups[k:k + PARALLEL_OPENS]
+            self._prefetch([int(shard[g[0]]) for g in batch])
+            for group in batch:
+                s = int(shard[group[0]])
+                starts = self._doc_starts(s)
+                local = docs[group] - self.shard_doc_start[s]
+                elem[group] = starts[local]
+                length[group] = starts[local + 1] - starts[local]
         return shard, elem, length
+
+    def _prefetch(self, shards: list) -> None:
+        """Open shards and read their list offsets in parallel threads (a window reads ~128 shards:
+        on a network filesystem their latencies overlap)."""
+        missing = [s for s in shards if s not in self._starts]
+        if len(missing) < 2:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        def load(s):
+            f = self._open.get(s) or self._new_file(s)
+            return s, f, f.doc_starts()
+
+        with ThreadPoolExecutor(min(len(missing), 8)) as pool:
+            loaded = list(pool.map(load, missing))
+        for s, f, starts in loaded:  # the caches are touched by this thread only
+            self._remember_file(s, f)
+            self._remember_starts(s, starts)
 
     def read(self, shard: np.ndarray, elem: np.ndarray, length: np.ndarray, dest: np.ndarray, out: np.ndarray,
              mask_out: Optional[np.ndarray] = None) -> None:
@@ -303,32 +327,44 @@ class ShardSet:
     def doc_lengths(self, docs: np.ndarray) -> np.ndarray:
         return self.documents(docs)[2]
 
+    def _new_file(self, s: int) -> ShardFile:
+        entry = {"documents": int(self.shard_docs[s]), "tokens": int(self.shard_tokens[s]),
+                 "bytes": int(self.shard_bytes[s])}
+        return ShardFile(self.directory / self.shard_files[s], entry, self.dtype, self.version)
+
+    def _remember_file(self, s: int, f: ShardFile) -> None:
+        if s in self._open:
+            self._open.move_to_end(s)
+            return
+        if self._open and f.has_mask != next(iter(self._open.values())).has_mask:
+            f.close()
+            raise DataError(f"{f.path}: has {'a' if f.has_mask else 'no'} loss_mask column, unlike the other "
+                            f"shards of {self.directory}; {FIX}")
+        self._open[s] = f
+        while len(self._open) > OPEN_SHARDS:
+            self._open.popitem(last=False)[1].close()
+
     def _file(self, s: int) -> ShardFile:
         f = self._open.get(s)
         if f is None:
-            entry = {"documents": int(self.shard_docs[s]), "tokens": int(self.shard_tokens[s]),
-                     "bytes": int(self.shard_bytes[s])}
-            f = ShardFile(self.directory / self.shard_files[s], entry, self.dtype, self.version)
-            if self._open and f.has_mask != next(iter(self._open.values())).has_mask:
-                raise DataError(f"{f.path}: has {'a' if f.has_mask else 'no'} loss_mask column, unlike the other "
-                                f"shards of {self.directory}; {FIX}")
-            self._open[s] = f
-            while len(self._open) > OPEN_SHARDS:
-                self._open.popitem(last=False)[1].close()
-        else:
-            self._open.move_to_end(s)
+            f = self._new_file(s)
+        self._remember_file(s, f)
         return f
+
+    def _remember_starts(self, s: int, starts: np.ndarray) -> None:
+        if s in self._starts:
+            self._starts.move_to_end(s)
+            return
+        self._starts[s] = starts
+        self._starts_bytes += starts.nbytes
+        while self._starts_bytes > OFFSETS_BYTES and len(self._starts) > 1:
+            self._starts_bytes -= self._starts.popitem(last=False)[1].nbytes
 
     def _doc_starts(self, s: int) -> np.ndarray:
         starts = self._starts.get(s)
         if starts is None:
             starts = self._file(s).doc_starts()
-            self._starts[s] = starts
-            self._starts_bytes += starts.nbytes
-            while self._starts_bytes > OFFSETS_BYTES and len(self._starts) > 1:
-                self._starts_bytes -= self._starts.popitem(last=False)[1].nbytes
-        else:
-            self._starts.move_to_end(s)
+        self._remember_starts(s, starts)
         return starts
 
     def _index_from_offsets(self) -> np.ndarray:
