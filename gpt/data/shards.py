@@ -228,6 +228,10 @@ class ShardSet:
         if self.shard_chunk_start[-1] != len(self.chunk_tokens):
             raise DataError(f"{self.directory}: the chunk index holds {len(self.chunk_tokens)} chunks, the shards "
                             f"need {self.shard_chunk_start[-1]}; {FIX}")
+        self._chunk_shard = np.repeat(np.arange(len(per_shard), dtype=np.int32), per_shard)   # [chunks]
+        last = self.shard_docs - (per_shard - 1) * self.granularity                          # [shards]
+        self._chunk_docs = np.full(len(self.chunk_tokens), self.granularity, dtype=np.int32)  # [chunks]
+        self._chunk_docs[self.shard_chunk_start[1:][per_shard > 0] - 1] = last[per_shard > 0]
         sums = np.add.reduceat(self.chunk_tokens, self.shard_chunk_start[:-1]) if len(self.chunk_tokens) else []
         tokens = self.shard_tokens
         nonempty = per_shard > 0
@@ -248,14 +252,11 @@ class ShardSet:
         return tokenizer_from_dict(self.meta["tokenizer"], self.directory)
 
     def chunk_shard(self, chunks: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.shard_chunk_start, chunks, side="right") - 1
+        return self._chunk_shard[chunks].astype(np.int64)
 
     def chunk_docs(self, chunks: np.ndarray) -> np.ndarray:
         """Documents in each of `chunks` [n] (the last chunk of a shard may hold fewer than granularity)."""
-        chunks = np.asarray(chunks, dtype=np.int64)
-        shard = self.chunk_shard(chunks)
-        first = (chunks - self.shard_chunk_start[shard]) * self.granularity
-        return np.minimum(self.granularity, self.shard_docs[shard] - first)
+        return self._chunk_docs[chunks].astype(np.int64)
 
     def chunk_first_doc(self, chunks: np.ndarray) -> np.ndarray:
         chunks = np.asarray(chunks, dtype=np.int64)
