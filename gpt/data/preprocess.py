@@ -74,13 +74,12 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     """Run cfg.stage; returns the metadata written (stage=all/merge, or the encode task that merged), else {}."""
     _check_options(cfg)
     output = Path(os.path.expanduser(cfg.output))
+    check_output(output, cfg.overwrite)  # before any work, not only when renaming
+    _check_not_an_input(output, cfg.input)
     if cfg.format == "sft":
         from gpt.data.sft import preprocess_sft
 
-        check_output(output, cfg.overwrite)
         return preprocess_sft(cfg, output, _build_tokenizer)
-    check_output(output, cfg.overwrite)  # before any work, not only when renaming
-    _check_not_an_input(output, cfg.input)
     files = resolve_inputs(cfg.input, cfg.split)
     units = plan_units(files, cfg.unit_bytes, cfg.text_key)
     if not units:
