@@ -174,6 +174,9 @@ class PackedSamples:
         """Tokens [n, seq_len+1] int64 of samples `index` [n] (and their loss mask [n, seq_len+1] uint8)."""
         index = np.asarray(index, dtype=np.int64)
         epochs = index // self.samples_per_epoch
+        lo, hi = int(epochs.min(initial=0)), int(epochs.max(initial=0))
+        if lo == hi:  # the usual case: one epoch
+            return self._samples_of_epoch(lo, index - lo * self.samples_per_epoch, with_mask)
         width = self.seq_len + 1
         tokens = np.empty((len(index), width), dtype=np.int64)
         mask = np.empty((len(index), width), dtype=np.uint8) if with_mask else None
@@ -190,8 +193,9 @@ class PackedSamples:
         # Sample `within` of the epoch -> packed sample p of the stream, shuffled inside its window.
         k = np.searchsorted(e.sample_starts, within, side="right") - 1
         packed = np.empty(len(within), dtype=np.int64)
-        for window in np.unique(k).tolist():
-            sel = k == window
+        windows = _values(k)
+        for window in windows:
+            sel = slice(None) if len(windows) == 1 else k == window
             lo, hi = int(e.sample_starts[window]), int(e.sample_starts[window + 1])
             packed[sel] = lo + self._sample_order(epoch, window, hi - lo)[within[sel] - lo]
         pos = (packed[:, None] * self.seq_len + self._span).reshape(-1)                  # [n*(seq_len+1)]
@@ -200,8 +204,9 @@ class PackedSamples:
         out = np.full(len(pos), self.shards.eod_id, dtype=self.shards.dtype)
         mask = np.ones(len(pos), dtype=np.uint8) if with_mask else None
         in_window = np.searchsorted(e.window_starts, pos, side="right") - 1
-        for window in np.unique(in_window).tolist():
-            sel = np.flatnonzero(in_window == window)
+        windows = _values(in_window)
+        for window in windows:
+            sel = np.arange(len(pos)) if len(windows) == 1 else np.flatnonzero(in_window == window)
             self._read(self._window(epoch, window), pos[sel], sel, out, mask)
         tokens = out.astype(np.int64).reshape(len(within), self.seq_len + 1)
         # EOD tokens inserted by packing have mask 1: learn to end a document (fine-tuning: to stop)
@@ -222,3 +227,11 @@ class PackedSamples:
         length = np.diff(np.concatenate([first, [len(slot)]]))
         docs = slot[first]
         self.shards.read(w.shard[docs], w.elem[docs] + offset[first], length, at[first], out, mask)
+
+
+def _values(a: np.ndarray) -> list:
+    """The distinct values of an integer array, cheaply when there is only one (the usual case)."""
+    if not len(a):
+        return []
+    lo, hi = int(a.min()), int(a.max())
+    return [lo] if lo == hi else np.unique(a).tolist()

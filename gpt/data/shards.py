@@ -306,11 +306,14 @@ class ShardSet:
         """Runs of tokens: out[dest[i]: dest[i] + length[i]] = shard[i]'s tokens from element elem[i] (and the
         loss mask into mask_out; shards without a mask column leave it as it is). Positions of `out`
         outside the runs must hold valid ids (they are checked against the vocabulary with the rest)."""
-        order = np.argsort(shard, kind="stable")
-        bounds = np.flatnonzero(np.diff(shard[order])) + 1
-        for group in np.split(order, bounds) if len(order) else []:
-            f = self._file(int(shard[group[0]]))
-            f.read(elem[group], length[group], dest[group], out, mask_out)
+        if len(shard) and shard.min() == shard.max():
+            self._file(int(shard[0])).read(elem, length, dest, out, mask_out)
+        else:
+            order = np.argsort(shard, kind="stable")
+            bounds = np.flatnonzero(np.diff(shard[order])) + 1
+            for group in np.split(order, bounds) if len(order) else []:
+                f = self._file(int(shard[group[0]]))
+                f.read(elem[group], length[group], dest[group], out, mask_out)
         if len(out) and int(out.max()) >= self.vocab_size:  # version 1 shards record no max id; cheap anyway
             at = int(np.argmax(out >= self.vocab_size))
             run = int(np.flatnonzero((dest <= at) & (at < dest + length))[0])
