@@ -10,7 +10,7 @@ import pytest
 
 from gpt.config.commands import TokenizerConfig
 from gpt.data.inputs import plan_units, resolve_inputs, slice_of
-from gpt.data.preprocess import parts_dir
+from gpt.data.parts import parts_dir
 from gpt.errors import DataError
 
 from tests.data.helpers import mixed_corpus, preprocess
@@ -103,13 +103,13 @@ def test_parts_from_other_settings_are_refused(corpus, tmp_path):
 
 
 def test_bpe_sample_is_a_deterministic_spread_of_about_train_bytes(shakespeare, tmp_path):
-    from gpt.data.preprocess import _sample_tasks
+    from gpt.data.pipeline import sample_tasks
 
     big = tmp_path / "big.txt"
     big.write_text(shakespeare.read_text() * 20)           # 22 MB: the sample reads stretches of it
     units = plan_units(resolve_inputs(str(big), "blank_lines"), 5_000_000, "text")
-    tasks = list(_sample_tasks(units, 0.05))
-    assert tasks == list(_sample_tasks(units, 0.05)), "deterministic"
+    tasks = list(sample_tasks(units, 0.05))
+    assert tasks == list(sample_tasks(units, 0.05)), "deterministic"
     taken = sum(t.end - t.start for t in tasks)
     assert 0.04 * big.stat().st_size < taken < 0.07 * big.stat().st_size
     assert min(t.start for t in tasks) == 0 and max(t.end for t in tasks) > 0.8 * big.stat().st_size, "spread"
