@@ -88,3 +88,19 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+def early_stop(evals: list[dict], patience: int, min_delta: float = 0.0) -> tuple[int, int]:
+    """(step of the best evaluation, step at which early stopping must stop) for these evaluation
+    records, following the documented rule (an evaluation improves when val_loss < best - min_delta;
+    stop after `patience` evaluations in a row without improvement). Raises if the rule never fires."""
+    best = best_step = None
+    without = 0
+    for e in evals:
+        if best is None or e["val_loss"] < best - min_delta:
+            best, best_step, without = e["val_loss"], e["step"], 0
+        else:
+            without += 1
+            if without >= patience:
+                return best_step, e["step"]
+    raise AssertionError(f"no {patience} evaluations in a row without improvement: {evals}")
