@@ -4,19 +4,17 @@ import json
 
 import pytest
 import torch
-from helpers import run_module, tiny_overrides
+from helpers import run_module
 
 from gpt.generation.sampling import penalize_repeats
 
 
 @pytest.fixture(scope="module")
-def trained(shards, tmp_path_factory):
-    """30 steps; model.init_std=0.2 (as in tests/hf) keeps greedy continuations varied, so that a
-    broken position or cache changes the text instead of hiding behind one repeated byte."""
-    run = tmp_path_factory.mktemp("gen") / "run"
-    run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=30", "eval.every=0", "model.init_std=0.2"),
-               check=True)
-    return run
+def trained(base_run):
+    """The session's pretrained tiny model (tests/conftest.py): model.init_std=0.2 keeps its greedy
+    continuations varied, so that a broken position or cache changes the text instead of hiding
+    behind one repeated byte."""
+    return base_run
 
 
 def gen(run, *args):
