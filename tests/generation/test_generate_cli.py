@@ -21,21 +21,24 @@ def gen(run, *args):
     return run_module("gpt.generate", [f"checkpoint={run}", *args], check=True).stdout
 
 
-def test_cache_does_not_change_the_text(trained):
-    """Inside the window (the training seq_len, 32: prompt 6 + 26 new tokens) the cached run decodes
-    one token at a time against stored keys and values while the uncached one re-encodes the whole
-    prefix every step: the two could differ there. (Past the window both re-encode the last 32.)"""
-    args = ["prompt=ROMEO:", "max_new_tokens=26", "temperature=0"]
-    cached = gen(trained, *args)
-    assert 20 <= len(cached.rstrip("\n")) <= 32 and len(set(cached[6:])) >= 5, cached  # varied: positions matter
-    assert cached == gen(trained, *args, "use_cache=false")
+@pytest.fixture(scope="module")
+def greedy(trained):
+    """Greedy text for ROMEO: that fills the window (the training seq_len, 32: prompt 6 + 26 new tokens)."""
+    return gen(trained, "prompt=ROMEO:", "max_new_tokens=26", "temperature=0")
 
 
-def test_stop_string_cuts_the_continuation(trained):
-    full = gen(trained, "prompt=ROMEO:", "max_new_tokens=80", "temperature=0")
-    cont = full[len("ROMEO:"):].rstrip("\n")
+def test_cache_does_not_change_the_text(trained, greedy):
+    """Inside the window the cached run decodes one token at a time against stored keys and values
+    while the uncached one re-encodes the whole prefix every step: the two could differ there. (Past
+    the window both re-encode the last 32 tokens.)"""
+    assert 20 <= len(greedy.rstrip("\n")) <= 32 and len(set(greedy[6:])) >= 5, greedy  # varied: positions matter
+    assert greedy == gen(trained, "prompt=ROMEO:", "max_new_tokens=26", "temperature=0", "use_cache=false")
+
+
+def test_stop_string_cuts_the_continuation(trained, greedy):
+    cont = greedy[len("ROMEO:"):].rstrip("\n")
     stop = cont[10:12]
-    cut = gen(trained, "prompt=ROMEO:", "max_new_tokens=80", "temperature=0", f"stop=[{json.dumps(stop)}]")
+    cut = gen(trained, "prompt=ROMEO:", "max_new_tokens=26", "temperature=0", f"stop=[{json.dumps(stop)}]")
     assert cut.rstrip("\n") == "ROMEO:" + cont[:cont.find(stop)]
 
 
