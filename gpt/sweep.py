@@ -225,21 +225,21 @@ def sweep(prog: str, config_name: str, overrides: List[str]) -> int:
     keys = set(text_keys(schema))
     aliased = loader.with_aliases(config_name, overrides)
     text_args = [o for o in aliased if "=" in o and o.partition("=")[0].lstrip("+") in keys]
-    hydra_args = loader.hydra_overrides(config_name, overrides, sweep=True)
+    hydra_args = _last_per_key(loader.hydra_overrides(config_name, overrides, sweep=True))
     parser = OverridesParser.create()
-    fixed = set()
+    last = {}  # key -> is its last override a sweep (Hydra's later overrides win)
     for o in hydra_args:
         if "=" in o and not o.startswith("hydra") and _key(o) not in keys:
-            parsed = parser.parse_override(o)
-            if not parsed.is_sweep_override():
-                fixed.add(_key(o))
+            last[_key(o)] = parser.parse_override(o).is_sweep_override()
+    fixed = {k for k, swept in last.items() if not swept}
     extra = ["hydra/launcher=gpt_trials", "hydra.sweep.dir=${run.dir}", "hydra/job_logging=none", "hydra/hydra_logging=none"]
     if any(o.replace(" ", "") == "hydra/sweeper=optuna" for o in overrides):
         import optuna
 
         optuna.logging.disable_default_handler()  # its messages go through our log lines (stderr)
         optuna.logging.enable_propagation()
-        if not any(o.startswith("hydra.sweeper.sampler.seed=") for o in overrides):
+        sampler = [o.partition("=")[2] for o in overrides if o.startswith("hydra/sweeper/sampler=")]
+        if not any(o.startswith("hydra.sweeper.sampler.seed=") for o in overrides) and sampler[-1:] != ["grid"]:
             extra.append("hydra.sweeper.sampler.seed=${train.seed}")  # the same points on a re-run: finished ones are reused
 
     store.register()
@@ -341,6 +341,13 @@ def progress(run_dir: Path) -> tuple[int, bool]:
     except (GptError, OSError, ValueError, TypeError):
         pass
     return 0, False
+
+
+def _last_per_key(overrides: List[str]) -> List[str]:
+    """Each key's last override only (what a single run would compose): sweepers differ on repeated keys
+    (Optuna lets a fixed `optim.lr=...` beat a later `optim.lr=choice(...)`)."""
+    last = {(_key(o) if "=" in o else o): i for i, o in enumerate(overrides)}
+    return [o for i, o in enumerate(overrides) if last[_key(o) if "=" in o else o] == i]
 
 
 def _key(override: str) -> str:
