@@ -42,11 +42,11 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
     specs.append(LayerSpec(Norm, cfg))
     if cfg.tie_embeddings:
-        head = Output(cfg, slots, init(n + 2), shape.padded_vocab)  # holds no weight when tied
+        head = Output(cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size)  # holds no weight when tied
         specs.append(TiedLayerSpec("embed", Embedding, *emb_args, forward_fn=_tied_head(head),
                                    tied_weight_attr="wte.weight"))
     else:
-        specs.append(LayerSpec(Output, cfg, slots, init(n + 2), shape.padded_vocab))
+        specs.append(LayerSpec(Output, cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size))
     return specs
 
 

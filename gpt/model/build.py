@@ -28,4 +28,5 @@ def model_shape(cfg: ModelConfig, tokenizer_vocab: int | None) -> ModelShape:
 
 
 def build_model(cfg: ModelConfig, shape: ModelShape, *, seed: int, tp_size: int = 1, tp_group=None) -> GPT:
-    return GPT(cfg, Slots(tp_size, tp_group), vocab=shape.padded_vocab, ffn_hidden=shape.ffn_hidden, seed=seed)
+    return GPT(cfg, Slots(tp_size, tp_group), vocab=shape.padded_vocab, vocab_size=shape.vocab_size,
+               ffn_hidden=shape.ffn_hidden, seed=seed)

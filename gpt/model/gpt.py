@@ -143,20 +143,32 @@ class Norm(nn.Module):
 
 
 class Output(nn.Module):
-    """Hidden states to vocab-parallel logits (b, t, v/p); the weight is the embedding's when tied."""
+    """Hidden states to vocab-parallel logits (b, t, v/p); the weight is the embedding's when tied.
 
-    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, vocab: int):
+    Rows from `vocab_size` on pad the table (model.vocab_multiple): their logits are the lowest
+    finite value of the dtype, so they never take probability mass (exp underflows to exactly 0;
+    a zero pad row would score 0, far above real GPT-2 logits) and differences of logits stay finite.
+    """
+
+    def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, vocab: int, vocab_size: int):
         super().__init__()
         self.head = slots.column(cfg.n_embd, vocab, bias=False, init=init.normal(), tied=cfg.tie_embeddings)
+        self.vocab_size = vocab_size
+        local = vocab // slots.tp_size
+        first = slots.tp_rank * local  # this rank's rows are [first, first + local)
+        self.register_buffer("padding", torch.arange(first, first + local) >= vocab_size, persistent=False)  # (v/p,)
+        self.padded = bool(self.padding.any())
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(x, weight=weight)[0]
+        logits = self.head(x, weight=weight)[0]  # (b, t, v/p)
+        return logits.masked_fill(self.padding, torch.finfo(logits.dtype).min) if self.padded else logits
 
 
 class GPT(nn.Module):
     """The whole model in one process group stage: embedding -> blocks -> norm -> output."""
 
-    def __init__(self, cfg: ModelConfig, slots: Slots, *, vocab: int, ffn_hidden: int, seed: int):
+    def __init__(self, cfg: ModelConfig, slots: Slots, *, vocab: int, vocab_size: int, ffn_hidden: int, seed: int):
+        """vocab: rows of the (padded) embedding table; vocab_size: the real vocabulary, the rest is padding."""
         super().__init__()
         self.cfg = cfg
         n = cfg.n_layer
@@ -167,7 +179,7 @@ class GPT(nn.Module):
         self.embedding = Embedding(cfg, slots, init(0), vocab)
         self.blocks = nn.ModuleList(Block(cfg, slots, init(1 + i), ffn_hidden) for i in range(n))
         self.norm = Norm(cfg)
-        self.output = Output(cfg, slots, init(n + 2), vocab)
+        self.output = Output(cfg, slots, init(n + 2), vocab, vocab_size)
         self.activation_checkpointing = False
 
     def forward(self, idx: torch.Tensor, caches=None) -> torch.Tensor:

@@ -17,6 +17,8 @@ import torch
 from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
+from gpt.parallel import collectives
+
 
 class LayerInit:
     """Normal(0, std) init drawn from a generator private to one layer."""
@@ -44,6 +46,7 @@ class Slots:
     tp_group: object = None
 
     def __post_init__(self):
+        self.tp_rank = collectives.rank(self.tp_group) if self.tp_size > 1 else 0  # this rank's place in the group
         self.config = ModelParallelConfig(tensor_model_parallel_size=self.tp_size, use_cpu_initialization=True,
                                           perform_initialization=True, params_dtype=torch.float32)
 
