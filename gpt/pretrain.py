@@ -24,12 +24,13 @@ def preflight(cfg) -> None:
     from gpt.checkpoint import format as fmt
     from gpt.checkpoint.compat import check_architecture
     from gpt.config.validate import validate_training
+    from gpt.engine.deepspeed_config import deepspeed_config
     from gpt.errors import CheckpointError
     from gpt.trainer.init_from import apply_architecture
 
     if cfg.model.init_from:
         apply_architecture(cfg)
-    validate_training(cfg)
+    deepspeed_config(cfg, validate_training(cfg))  # the pass-through keys: derived ones refused, types kept
     try:
         latest = next(((c, fmt.read_meta(c)) for c in fmt.candidates(cfg.run.dir)), None)
     except CheckpointError:

@@ -209,7 +209,6 @@ def sweep(prog: str, config_name: str, overrides: List[str]) -> int:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.plugins import Plugins
 
     from gpt.config import loader, store
     from gpt.config.text import text_keys
@@ -243,9 +242,11 @@ def sweep(prog: str, config_name: str, overrides: List[str]) -> int:
             extra.append("hydra.sweeper.sampler.seed=${train.seed}")  # the same points on a re-run: finished ones are reused
 
     store.register()
-    from hydra_plugins.gpt_trials.gpt_trials import GptTrials
-
-    Plugins.instance().register(GptTrials)  # also found by Hydra's plugin scan; explicit where hydra_plugins is not scanned
+    try:  # Hydra's plugin scan finds it too; importing it here names the problem if it is not installed
+        import hydra_plugins.gpt_trials.gpt_trials  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"sweeps need gpt's Hydra launcher plugin (hydra_plugins/gpt_trials), which is not "
+                          f"importable ({e}); reinstall gpt (pip install -e .)") from None
     runner = TrialRunner(config_name, text_args, fixed, keys)
     GlobalHydra.instance().clear()
     failure: Optional[BaseException] = None

@@ -156,7 +156,6 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
     validate_blend(cfg.data.blend)
-    validate_deepspeed(cfg.deepspeed)
     validate_peft(cfg)
     return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step)
 
@@ -182,46 +181,6 @@ def validate_blend(blend) -> None:
         _check(ok and _finite(entry[0]) and entry[0] > 0,
                f"data.blend[{i}]={entry!r} must be [weight > 0, path], e.g. data.blend=[[0.7,/path/a],[0.3,/path/b]] "
                f"(quote paths with commas or brackets: [[0.7,'/my data, v2']])")
-
-
-# Types of the DeepSpeed keys most often passed through (`+deepspeed.<key>=...`): DeepSpeed reads them
-# without checking, so a wrong type fails late (steps_per_print=abc: a TypeError at the first step).
-# Keys not listed reach DeepSpeed unchecked.
-_DS_INT, _DS_BOOL, _DS_FLOAT = "an integer", "true or false", "a number"
-DEEPSPEED_TYPES = {
-    "steps_per_print": (_DS_INT, 1), "wall_clock_breakdown": (_DS_BOOL, None), "memory_breakdown": (_DS_BOOL, None),
-    "dump_state": (_DS_BOOL, None), "prescale_gradients": (_DS_BOOL, None), "sparse_gradients": (_DS_BOOL, None),
-    "gradient_predivide_factor": (_DS_FLOAT, 0), "disable_allgather": (_DS_BOOL, None),
-    "zero_allow_untested_optimizer": (_DS_BOOL, None), "zero_force_ds_cpu_optimizer": (_DS_BOOL, None),
-    "dataloader_drop_last": (_DS_BOOL, None),
-    "zero_optimization.overlap_comm": (_DS_BOOL, None), "zero_optimization.contiguous_gradients": (_DS_BOOL, None),
-    "zero_optimization.reduce_scatter": (_DS_BOOL, None), "zero_optimization.allgather_partitions": (_DS_BOOL, None),
-    "zero_optimization.round_robin_gradients": (_DS_BOOL, None),
-    "zero_optimization.reduce_bucket_size": (_DS_INT, 1), "zero_optimization.allgather_bucket_size": (_DS_INT, 1),
-    "zero_optimization.stage3_param_persistence_threshold": (_DS_INT, 0),
-    "zero_optimization.stage3_prefetch_bucket_size": (_DS_INT, 0),
-    "zero_optimization.stage3_max_live_parameters": (_DS_INT, 0),
-    "zero_optimization.stage3_max_reuse_distance": (_DS_INT, 0), "zero_optimization.sub_group_size": (_DS_INT, 1),
-    "zero_optimization.stage3_gather_16bit_weights_on_model_save": (_DS_BOOL, None),
-}
-
-
-def validate_deepspeed(ds: dict) -> None:
-    """Pass-through DeepSpeed keys of a known type must have it (see DEEPSPEED_TYPES)."""
-    for key, (kind, low) in DEEPSPEED_TYPES.items():
-        node, value = ds, None
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                break
-            node = value = node[part]
-        else:
-            if kind == _DS_BOOL:
-                ok = isinstance(value, bool)
-            else:
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
-                ok = ok and (kind != _DS_INT or float(value).is_integer()) and (low is None or value >= low)
-            bound = f" >= {low}" if low is not None and kind != _DS_BOOL else ""
-            _check(ok, f"deepspeed.{key}={value!r} must be {kind}{bound}")
 
 
 def validate_peft(cfg) -> None:

@@ -1,6 +1,5 @@
 """Every value is checked before anything starts (issue 12.4): one line naming the key, before torch."""
 
-import json
 import re
 import subprocess
 import sys
@@ -22,8 +21,10 @@ CASES = [
     (["train.seed=2**70"], r"train\.seed=2\*\*70: expected integer"),
     (["data.blend=[[0.5]]"], r"data\.blend\[0\]=\[0\.5\] must be \[weight > 0, path\]"),
     (["data.blend=[[abc,/x]]"], r"data\.blend\[0\]=\['abc', '/x'\] must be \[weight > 0, path\]"),
-    (["+deepspeed.steps_per_print=abc"], r"deepspeed\.steps_per_print='abc' must be an integer >= 1"),
-    (["+deepspeed.zero_optimization.overlap_comm=1"], r"deepspeed\.zero_optimization\.overlap_comm=1 must be true or false"),
+    (["+deepspeed.steps_per_print=abc"], r"deepspeed\.steps_per_print='abc' must be an integer > 0"),
+    (["+deepspeed.steps_per_print=0"], r"deepspeed\.steps_per_print=0 must be an integer > 0"),
+    (["+deepspeed.wall_clock_breakdown=1"], r"deepspeed\.wall_clock_breakdown=1 must be true or false"),
+    (["+deepspeed.train_batch_size=8"], r"deepspeed\.train_batch_size is derived from train\.global_batch_size"),
     (["optim.decay_steps=-5"], r"optim\.decay_steps=-5 must be at least 1, or null"),
     (["optim.weight_decay=nan"], r"optim\.weight_decay=nan must be a finite number >= 0"),
     (["model.rope_theta=0"], r"model\.rope_theta=0\.0 must be a positive finite number"),
@@ -128,8 +129,11 @@ def test_activation_checkpointing_and_pipelines_lower_the_activation_floor(shard
     assert floor("train.micro_batch_size=4", "train.global_batch_size=8") == pytest.approx(2 * full)
 
 
-def test_deepspeed_types_cover_valid_values():
+def test_valid_deepspeed_keys_pass_through_unchanged():
+    from gpt.engine.deepspeed_config import deepspeed_config
+
     cfg = compose("pretrain", ["+deepspeed.steps_per_print=100", "+deepspeed.zero_optimization.reduce_bucket_size=5e8",
                                "+deepspeed.wall_clock_breakdown=true", "+deepspeed.some_new_key=anything"])
-    validate_training(cfg, world_size=1)
-    assert json.dumps(cfg.deepspeed)  # passed through unchanged
+    ds = deepspeed_config(cfg, validate_training(cfg, world_size=1))
+    assert (ds["steps_per_print"], ds["wall_clock_breakdown"], ds["some_new_key"]) == (100, True, "anything")
+    assert ds["zero_optimization"]["reduce_bucket_size"] == 5e8
