@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
-from helpers import REPO, env_for_subprocess, read_metrics, run_module, tiny_overrides
+from helpers import REPO, env_for_subprocess, launch_env, read_metrics, run_module, tiny_overrides
 
 from gpt.sweep import trial_name
 
@@ -99,3 +100,16 @@ def test_sweeps_are_refused_where_they_make_no_sense(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "sweeps run their trials with gpt's own launcher" in capsys.readouterr().err
+
+
+@pytest.mark.distributed
+def test_trials_run_through_the_launcher_under_torchrun(shards, tmp_path):
+    """hydra.launcher.via=launcher: each trial is `python -m launcher pretrain ...` (torchrun, 2 ranks here)."""
+    root = tmp_path / "sweep"
+    proc = run_module("gpt.pretrain", ["-m", *tiny_overrides(shards, root, "train.steps=4", "eval.every=2", "eval.iters=1"),
+                                       "optim.lr=1e-3,2e-3", "hydra.launcher.via=launcher"],
+                      env=launch_env(GPT_NPROC_PER_NODE="2"), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("-m gpt.pretrain") == 2 and proc.stderr.count("world=2 = tensor 1 x data 2") == 2
+    for name in ("optim.lr=0.001", "optim.lr=0.002"):
+        assert json.loads((root / name / "trial.json").read_text())["status"] == "finished"
