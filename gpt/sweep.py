@@ -53,6 +53,10 @@ class Trial:
     reused: bool = False  # finished by an earlier run of the sweep
 
 
+class TrialFailed(RuntimeError):
+    """A failed trial, as the sweeper sees it (not a GptError: the sweep goes on to print its table)."""
+
+
 class SweepStopped(GptError):
     """A trial stopped before its end (signal, train.stop_at): the sweep stops; re-running continues it."""
 
@@ -108,7 +112,7 @@ class TrialRunner:
         if trial.status == "finished":
             ret.status, ret.return_value = JobStatus.COMPLETED, value
         else:
-            ret.status, ret.return_value = JobStatus.FAILED, GptError(f"trial {name}: {trial.error}")
+            ret.status, ret.return_value = JobStatus.FAILED, TrialFailed(f"trial {name}: {trial.error}")
         if trial.status == "stopped":
             code = 130 if self.signum == signal.SIGINT else 0
             raise SweepStopped(f"trial {name} stopped at step {trial.step} ({trial.error}); re-run the same command "
@@ -270,7 +274,7 @@ def sweep(prog: str, config_name: str, overrides: List[str]) -> int:
     runner.write_summary()
     print(runner.summary(), flush=True)
     if failure is not None:
-        message = str(failure) if isinstance(failure, GptError) else loader.one_line(failure)
+        message = str(failure) if isinstance(failure, (GptError, TrialFailed)) else loader.one_line(failure)
         print(f"{prog}: sweep {'stopped' if isinstance(failure, SweepStopped) else 'failed'}: {message}",
               file=sys.stderr, flush=True)
     elif any(t.status != "finished" for t in runner.trials):

@@ -113,3 +113,14 @@ def test_trials_run_through_the_launcher_under_torchrun(shards, tmp_path):
     assert proc.stderr.count("-m gpt.pretrain") == 2 and proc.stderr.count("world=2 = tensor 1 x data 2") == 2
     for name in ("optim.lr=0.001", "optim.lr=0.002"):
         assert json.loads((root / name / "trial.json").read_text())["status"] == "finished"
+
+
+def test_failed_trials_are_listed_and_the_sweep_fails(shards, tmp_path):
+    root = tmp_path / "sweep"
+    proc = run_module("gpt.pretrain", ["-m", *tiny_overrides(shards, root), "model.n_head=3,5"], timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = proc.stdout.strip().splitlines()
+    assert [r.split()[:2] for r in rows[1:]] == [["model.n_head=3", "failed"], ["model.n_head=5", "failed"]], proc.stdout
+    assert "gpt-pretrain: sweep failed: trial model.n_head=3: gpt-pretrain: error: model.n_head=3 does not divide" in proc.stderr
+    record = json.loads((root / "model.n_head=5" / "trial.json").read_text())
+    assert record["status"] == "failed" and "model.n_head=5 does not divide model.n_embd=64" in record["error"]

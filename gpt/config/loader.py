@@ -213,7 +213,7 @@ def parse_cli(prog: str, argv: Optional[List[str]], config_name: str, usage: str
         if a in ("-m", "--multirun"):
             multirun = True
             continue
-        if a.startswith("-") and "=" not in a:
+        if a.startswith("-"):
             raise ConfigError(f"unknown option {a!r}: {prog} takes overrides like key=value (see --help)")
         overrides.append(a)
     return CommandLine(overrides=overrides, print_cfg=print_cfg, multirun=multirun)
