@@ -14,8 +14,6 @@ from safetensors import safe_open
 from gpt.checkpoint import format as fmt
 from gpt.errors import CheckpointError
 
-# Model fields that change the meaning or shape of the weights; everything else may differ on resume.
-
 def tp_slice(full: torch.Tensor, dim: int | None, tp_rank: int, tp_size: int) -> torch.Tensor:
     """Tensor rank `tp_rank`'s contiguous share of `full` along `dim` (None: replicated, the whole)."""
     if dim is None or tp_size == 1:

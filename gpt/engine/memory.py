@@ -91,16 +91,18 @@ def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> 
     "Reducing Activation Recomputation in Large Transformer Models", section 4).
 
     Per block and micro-batch of b sequences of s tokens, hidden size h, tensor size t: (10 + 24/t)
-    s*b*h values of 2 bytes in 16-bit training (twice that in fp32); the attention scores' 5*a*s^2*b
-    are left out (fused/flash attention never stores them), which makes this a floor. With
-    activation checkpointing a block keeps only its input (2 s*b*h bytes in 16-bit) plus one block
-    recomputed at a time. The head's fp32 logits add 4*s*b*V/t. With a pipeline the first stage
-    holds min(stages, accumulation) micro-batches in flight (1F1B).
+    s*b*h values of 2 bytes in 16-bit training (twice that in fp32), 34/t with sequence parallelism;
+    the attention scores' 5*a*s^2*b are left out (fused/flash attention never stores them), which
+    makes this a floor. Context parallelism splits s over its ranks. With activation checkpointing a
+    block keeps only its input (2 s*b*h bytes in 16-bit) plus one block recomputed at a time. The
+    head's fp32 logits add 4*s*b*V/t. With a pipeline the first stage holds min(stages,
+    accumulation) micro-batches in flight (1F1B).
     """
     m, t = cfg.model, layout.tensor
-    s, b, h = cfg.train.seq_len, cfg.train.micro_batch_size, m.n_embd
+    s, b, h = cfg.train.seq_len / layout.context, cfg.train.micro_batch_size, m.n_embd
     scale = 2.0 if cfg.train.precision == "fp32" else 1.0
-    full_block = (10 + 24 / t) * s * b * h * 2 * scale
+    per_value = 34 / t if cfg.parallel.sequence_parallel and t > 1 else 10 + 24 / t
+    full_block = per_value * s * b * h * 2 * scale
     blocks = -(-m.n_layer // layout.pipeline)
     if cfg.train.activation_checkpointing:
         per_micro = blocks * 2 * s * b * h * scale + full_block
