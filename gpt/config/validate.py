@@ -56,6 +56,7 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
 
 
 MAX_SEED = 2**32 - 1
+ROPE_SCALINGS = ("none", "linear", "ntk", "llama3")  # what gpt/model/rope.py implements (no torch here)
 
 
 def _finite(x) -> bool:
@@ -181,9 +182,7 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
 
 def validate_rope_scaling(m) -> None:
     """model.rope_* (gpt/model/rope.py): only with rotary positions, factors that extend the context."""
-    from gpt.model.rope import SCALINGS
-
-    _one_of("model.rope_scaling", m.rope_scaling, SCALINGS)
+    _one_of("model.rope_scaling", m.rope_scaling, ROPE_SCALINGS)
     if m.rope_scaling == "none":
         return
     _check(m.position == "rope", f"model.rope_scaling={m.rope_scaling} needs model.position=rope (it rescales rotary "
