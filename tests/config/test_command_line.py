@@ -123,19 +123,23 @@ def test_readme_prompt_generates(base_run, console_script):
     assert proc.stdout.startswith("def fib(") and len(proc.stdout) > len("def fib(")
 
 
-def test_prompt_and_prompt_file_from_stdin(base_run, tmp_path):
+def test_prompt_and_prompt_file_from_stdin(base_run, monkeypatch, capsys):
+    """prompt=- is the whole of stdin, exactly; prompt_file=- reads prompts (jsonl) from stdin (gpt-generate's main)."""
+    import io
+
+    from gpt.generate import main
+
     prompt = 'def f(a, b="x, y"):  # ${oc.env:HOME} [1]\n    return {a: b}\n'
-    proc = subprocess.run([sys.executable, "-m", "gpt.generate", f"checkpoint={base_run}", "prompt=-", "max_new_tokens=3",
-                           "temperature=0", "device=cpu"], input=prompt, capture_output=True, text=True, timeout=300,
-                          env=env_for_subprocess(), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.startswith(prompt)  # the whole of stdin, exactly
+    monkeypatch.setattr(sys, "stdin", io.StringIO(prompt))
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={base_run}", "prompt=-", "max_new_tokens=3", "temperature=0", "device=cpu"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(prompt)
     lines = json.dumps({"prompt": "a (b"}) + "\n" + json.dumps({"prompt": "c,\nd"}) + "\n"
-    proc = subprocess.run([sys.executable, "-m", "gpt.generate", f"checkpoint={base_run}", "prompt_file=-",
-                           "max_new_tokens=2", "temperature=0", "device=cpu"], input=lines, capture_output=True,
-                          text=True, timeout=300, env=env_for_subprocess(), cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert [json.loads(x)["prompt"] for x in proc.stdout.splitlines()] == ["a (b", "c,\nd"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={base_run}", "prompt_file=-", "max_new_tokens=2", "temperature=0", "device=cpu"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and [json.loads(x)["prompt"] for x in out.splitlines()] == ["a (b", "c,\nd"]
 
 
 def test_preprocess_paths_with_commas_and_parentheses(tmp_path):
