@@ -96,6 +96,9 @@ class TrialRunner:
         run_dir = self.sweep_dir / name
         args = [*own, *self.text_args]
         trial = self._reuse(run_dir, args)
+        if trial is None and self.signum:  # a signal between two trials: start no other
+            raise SweepStopped(f"stopped by {signal.Signals(self.signum).name} before trial {name}; re-run the same "
+                               f"command to continue the sweep", 130 if self.signum == signal.SIGINT else 0)
         if trial is None:
             argv = [*self.prefix, sys.executable, "-m", *((f"gpt.{self.command}",) if self.via == "process"
                                                           else ("launcher", self.command)), *args, f"run.dir={run_dir}"]
@@ -138,10 +141,9 @@ class TrialRunner:
         return hydra + [o for o in args if _key(o) in self.text_keys]
 
     def _run(self, argv: List[str]) -> tuple[int, list]:
-        """Run one trial, its stderr passed through; SIGTERM/SIGUSR1 are forwarded to it (it saves and
-        exits), Ctrl-C reaches it from the terminal. Returns (exit status, its last stderr lines)."""
+        """Run one trial, its stderr passed through (SIGTERM/SIGUSR1 reach it through `forward`, Ctrl-C from
+        the terminal). Returns (exit status, its last stderr lines)."""
         last = deque(maxlen=20)
-        previous = {s: signal.signal(s, self._forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
         try:
             self._child = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, errors="replace")
             try:
@@ -158,11 +160,9 @@ class TrialRunner:
                     last.append(line.rstrip("\n"))
                 return self._child.wait(), list(last)
         finally:
-            for s, h in previous.items():
-                signal.signal(s, h)
             self._child = None
 
-    def _forward(self, signum, frame) -> None:
+    def forward(self, signum, frame) -> None:
         self.signum = signum
         if self._child is not None and self._child.poll() is None:
             self._child.send_signal(signum)
@@ -255,6 +255,8 @@ def sweep(prog: str, config_name: str, overrides: List[str]) -> int:
     GlobalHydra.instance().clear()
     failure: Optional[BaseException] = None
     code = 0
+    # SIGTERM/SIGUSR1 (SLURM, kill): passed to the running trial, which saves; no other trial starts.
+    previous = {s: signal.signal(s, runner.forward) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         with initialize_config_dir(config_dir=str(loader.conf_dir()), version_base="1.3", job_name=config_name):
             GlobalHydra.instance().hydra.multirun(config_name=config_name, task_function=runner,
@@ -267,6 +269,8 @@ def sweep(prog: str, config_name: str, overrides: List[str]) -> int:
         failure, code = e, 1 if runner.trials else 2
     finally:
         GlobalHydra.instance().clear()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if not runner.trials:
         if failure is not None:
             raise ConfigError(loader.one_line(failure))
