@@ -64,7 +64,8 @@ def test_three_trial_sweep_stops_resumes_reuses_and_optuna_searches(shards, tmp_
     assert summary["best"] == best and len(summary["trials"]) == 3
     for run in (first, second, third):  # each trial trained on its own learning rate and the data given
         saved = yaml.safe_load((run / "config.yaml").read_text())
-        assert saved["optim"]["lr"] == LRS[run.name] and saved["data"]["path"] == str(data) and saved["run"]["dir"] == str(run)
+        assert saved["optim"]["lr"] == LRS[run.name]
+        assert (saved["data"]["path"], saved["run"]["dir"]) == (str(data), str(run))
 
     # 3. Optuna (grid over the same points) through the same launcher: every trial is found finished.
     proc = run_module("gpt.pretrain", [*args[:-1], "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid",
@@ -121,6 +122,7 @@ def test_failed_trials_are_listed_and_the_sweep_fails(shards, tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = proc.stdout.strip().splitlines()
     assert [r.split()[:2] for r in rows[1:]] == [["model.n_head=3", "failed"], ["model.n_head=5", "failed"]], proc.stdout
-    assert "gpt-pretrain: sweep failed: trial model.n_head=3: gpt-pretrain: error: model.n_head=3 does not divide" in proc.stderr
+    assert ("gpt-pretrain: sweep failed: trial model.n_head=3: gpt-pretrain: error: model.n_head=3 does not divide"
+            in proc.stderr)
     record = json.loads((root / "model.n_head=5" / "trial.json").read_text())
     assert record["status"] == "failed" and "model.n_head=5 does not divide model.n_embd=64" in record["error"]

@@ -94,13 +94,15 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
                    ("train.max_bad_steps", t.max_bad_steps)):
         _check(v >= 0, f"{key}={v} must not be negative")
     _check(t.stop_at is None or 1 <= t.stop_at <= t.steps, f"train.stop_at={t.stop_at} must be in [1, train.steps={t.steps}]")
-    _check(0 <= t.seed <= MAX_SEED, f"train.seed={t.seed} must be in [0, 2**32-1] (it seeds torch, numpy and the data order)")
+    _check(0 <= t.seed <= MAX_SEED,
+           f"train.seed={t.seed} must be in [0, 2**32-1] (it seeds torch, numpy and the data order)")
     _check(cfg.eval.every == 0 or cfg.eval.iters >= 1,
            f"eval.iters={cfg.eval.iters} with eval.every={cfg.eval.every}: an evaluation needs at least one batch; "
            f"set eval.iters>=1, or eval.every=0 to turn evaluation off")
     es = cfg.eval.early_stopping
     _check(es.patience >= 0, f"eval.early_stopping.patience={es.patience} must not be negative (0 turns early stopping off)")
-    _check(_finite(es.min_delta) and es.min_delta >= 0, f"eval.early_stopping.min_delta={es.min_delta} must be a finite number >= 0")
+    _check(_finite(es.min_delta) and es.min_delta >= 0,
+           f"eval.early_stopping.min_delta={es.min_delta} must be a finite number >= 0")
     _check(es.patience == 0 or cfg.eval.every > 0,
            f"eval.early_stopping.patience={es.patience} needs evaluations: set eval.every>0")
     _check(t.precision != "fp16" or p.zero_stage >= 1,
@@ -204,8 +206,10 @@ def validate_optim(o, steps: int) -> None:
     _check(_finite(o.min_lr) and 0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
     _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1={o.beta1}, optim.beta2={o.beta2} must be in [0, 1)")
     _check(_finite(o.eps) and o.eps > 0, f"optim.eps={o.eps} must be a positive finite number (AdamW's epsilon, e.g. 1e-8)")
-    _check(_finite(o.weight_decay) and o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be a finite number >= 0")
-    _check(_finite(o.grad_clip) and o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be a finite number >= 0 (0 disables clipping)")
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0,
+           f"optim.weight_decay={o.weight_decay} must be a finite number >= 0")
+    _check(_finite(o.grad_clip) and o.grad_clip >= 0,
+           f"optim.grad_clip={o.grad_clip} must be a finite number >= 0 (0 disables clipping)")
     _check(o.decay_steps is None or o.decay_steps >= 1,
            f"optim.decay_steps={o.decay_steps} must be at least 1, or null to decay over train.steps={steps}")
 
@@ -250,9 +254,11 @@ def validate_generate(cfg) -> None:
     """gpt-generate's sampling settings (GenerateConfig)."""
     _check(bool(cfg.checkpoint), "checkpoint is required: checkpoint=<run.dir or checkpoint dir>")
     _check(cfg.max_new_tokens >= 0, f"max_new_tokens={cfg.max_new_tokens} must not be negative")
-    _check(_finite(cfg.temperature) and cfg.temperature >= 0, f"temperature={cfg.temperature} must be a finite number >= 0 (0: greedy)")
+    _check(_finite(cfg.temperature) and cfg.temperature >= 0,
+           f"temperature={cfg.temperature} must be a finite number >= 0 (0: greedy)")
     _check(cfg.top_k is None or cfg.top_k >= 1, f"top_k={cfg.top_k} must be at least 1, or null for no limit")
-    _check(cfg.top_p is None or (_finite(cfg.top_p) and 0 < cfg.top_p <= 1), f"top_p={cfg.top_p} must be in (0, 1], or null")
+    _check(cfg.top_p is None or (_finite(cfg.top_p) and 0 < cfg.top_p <= 1),
+           f"top_p={cfg.top_p} must be in (0, 1], or null")
     _check(_finite(cfg.repetition_penalty) and cfg.repetition_penalty > 0,
            f"repetition_penalty={cfg.repetition_penalty} must be a positive finite number (1: off)")
     _check(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be in [0, 2**32-1]")
