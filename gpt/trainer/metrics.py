@@ -1,7 +1,8 @@
 """Where metrics go: run.dir/metrics.jsonl (always) and Weights & Biases (offline unless told otherwise).
 
 Only the logging rank writes. On resume the file is cut back to the resumed step, so it always
-describes one continuous run.
+describes one continuous run. A failed write (a full disk) never raises out of a training step:
+`failed` records it and the loop saves a checkpoint, then stops with one line.
 """
 
 import json
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 from gpt import log
+from gpt.errors import TrainingError
 
 logger = log.get("metrics")
 
@@ -23,10 +25,19 @@ class MetricsLog:
     def __init__(self, run_dir: str | Path, *, enabled: bool, resume_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.failed: OSError | None = None
+        """The error of the first write that failed (nothing is written after it)."""
+        self.failed_step: int | None = None
+        self.last_step = resume_step
+        """The last step whose records are in the file."""
         if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._truncate_after(resume_step)
-            self._file = open(self.path, "a", buffering=1)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._truncate_after(resume_step)
+                self._file = open(self.path, "a", buffering=1)
+            except OSError as e:
+                raise TrainingError(f"cannot write {self.path} ({e.strerror or e}) before step {resume_step + 1}; "
+                                    f"nothing was lost: free space or fix run.dir, then re-run the same command") from None
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -39,16 +50,32 @@ class MetricsLog:
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, record: dict) -> None:
-        if self.enabled:
+        """Append one record (line-buffered: on disk when this returns); a failure is kept in `failed`."""
+        if not self.enabled or self.failed is not None:
+            return
+        try:
             self._file.write(json.dumps(_clean(record)) + "\n")
+        except OSError as e:
+            self.failed, self.failed_step = e, record.get("step")
+            logger.warning("cannot write %s at step %s (%s); saving a checkpoint, then stopping",
+                           self.path, self.failed_step, e.strerror or e)
+            return
+        self.last_step = record.get("step", self.last_step)
 
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # the buffer of a failed write cannot be flushed either; `failed` says so
+                pass
 
 
 class WandbSink:
