@@ -2,8 +2,10 @@
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -49,10 +51,11 @@ def launch_env(**variables: str) -> dict:
 
 
 def run_module(module: str, args: list[str], *, check: bool = False, timeout: int = 600,
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args` in a fresh process (what a user types)."""
+               env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`python -m module args` in a fresh process (what a user types); `preexec_fn` runs in the child
+    before it starts (e.g. to set resource limits)."""
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env or env_for_subprocess(), cwd=REPO)
+                          env=env or env_for_subprocess(), cwd=REPO, preexec_fn=preexec_fn)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return proc
@@ -75,3 +78,18 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+@contextmanager
+def no_hang(seconds: int = 20):
+    """Raise TimeoutError instead of blocking forever (e.g. opening a FIFO for reading waits for a writer)."""
+    def alarm(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

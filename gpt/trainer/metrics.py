@@ -30,11 +30,12 @@ class MetricsLog:
         self.failed_step: int | None = None
         self.last_step = resume_step
         """The last step whose records are in the file."""
+        self._fd: int | None = None
         if enabled:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._truncate_after(resume_step)
-                self._file = open(self.path, "a", buffering=1)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as e:
                 raise TrainingError(f"cannot write {self.path} ({e.strerror or e}) before step {resume_step + 1}; "
                                     f"nothing was lost: free space or fix run.dir, then re-run the same command") from None
@@ -58,12 +59,21 @@ class MetricsLog:
             raise
 
     def write(self, record: dict) -> None:
-        """Append one record (line-buffered: on disk when this returns); a failure is kept in `failed`."""
+        """Append one whole line (unbuffered: in the file when this returns); a failure is kept in
+        `failed` and its partial line cut off again, so the file only ever holds complete records."""
         if not self.enabled or self.failed is not None:
             return
+        data = (json.dumps(_clean(record)) + "\n").encode()
+        size = os.fstat(self._fd).st_size
         try:
-            self._file.write(json.dumps(_clean(record)) + "\n")
+            done = 0
+            while done < len(data):  # a short write (the disk filled up mid-line) is retried: the OS then says why
+                done += os.write(self._fd, data[done:])
         except OSError as e:
+            try:
+                os.ftruncate(self._fd, size)  # frees space, needs none
+            except OSError:
+                pass
             self.failed, self.failed_step = e, record.get("step")
             logger.warning("cannot write %s at step %s (%s); saving a checkpoint, then stopping",
                            self.path, self.failed_step, e.strerror or e)
@@ -71,11 +81,9 @@ class MetricsLog:
         self.last_step = record.get("step", self.last_step)
 
     def close(self) -> None:
-        if self.enabled:
-            try:
-                self._file.close()
-            except OSError:  # the buffer of a failed write cannot be flushed either; `failed` says so
-                pass
+        if self.enabled and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class WandbSink:
