@@ -2,9 +2,9 @@
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,16 +80,31 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
-@contextmanager
-def no_hang(seconds: int = 20):
-    """Raise TimeoutError instead of blocking forever (e.g. opening a FIFO for reading waits for a writer)."""
-    def alarm(signum, frame):
-        raise TimeoutError(f"blocked for {seconds} s")
+_UNBLOCK = """
+import os, sys, time
+time.sleep(float(sys.argv[1]))
+while True:
+    for fifo in sys.argv[2:]:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader (yet)
+            pass
+    time.sleep(0.05)
+"""
 
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.alarm(seconds)
+
+@contextmanager
+def no_hang(*fifos, seconds: float = 20):
+    """Fail (TimeoutError) instead of blocking forever on one of `fifos`: opening a FIFO for reading
+    waits for a writer, and native code may block there holding the GIL and retrying on EINTR (no
+    alarm or thread helps). After `seconds` a helper process opens each FIFO for writing, which lets
+    a stuck reader through to EOF."""
+    helper = subprocess.Popen([sys.executable, "-c", _UNBLOCK, str(seconds), *map(str, fifos)])
+    started = time.monotonic()
     try:
         yield
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        helper.kill()
+        helper.wait()
+        if time.monotonic() - started >= seconds:
+            raise TimeoutError(f"blocked on {', '.join(map(str, fifos))} for more than {seconds} s")

@@ -104,6 +104,16 @@ def _kept(s: Session) -> str:
     return kept
 
 
+def write_best(s: Session, step: int) -> None:
+    try:
+        ckpt_format.write_pointer(s.cfg.run.dir, ckpt_format.BEST, step)
+    except OSError as e:
+        root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
+        raise CheckpointError(f"writing {root / ckpt_format.BEST} failed ({_why(e)}); checkpoint step {step} itself "
+                              f"is saved ({root / ckpt_format.LATEST} names it); free space, then re-run the same "
+                              f"command") from None
+
+
 def save_failed(s: Session, e: BaseException) -> str:
     root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
     also = f"; writing {s.metrics.path} had failed too ({_why(s.metrics.failed)})" \
@@ -222,7 +232,7 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             save(s)
             saved_at = step
             if improved and s.ctx.is_logging_rank:
-                ckpt_format.write_pointer(cfg.run.dir, ckpt_format.BEST, step)
+                write_best(s, step)
             if step < last and not early_stop and stop.agreed(s.ctx.device):  # a signal during the save
                 logger.info("stopped by signal after step %d; checkpoint saved", step)
                 return st

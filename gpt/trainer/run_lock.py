@@ -10,7 +10,7 @@ first seconds, with one line naming the owner.
 - One job, many ranks and nodes: only global rank 0 takes it; the outcome is broadcast, so every
   rank of a refused job stops with the same error (printed once) and no other rank touches it.
 - Stale locks are taken over (one warning line): an owner on this machine whose process is gone
-  (pid and start time checked, so a reused pid is not mistaken for it); an owner of the same
+  (pid and start time checked, so a reused pid is not mistaken for it, or the machine rebooted); an owner of the same
   SLURM job or torchrun run on another node (an earlier start of this job: requeued or restarted);
   any other owner whose heartbeat stopped: the holder touches the file every HEARTBEAT_S seconds,
   and a lock on another host untouched for STALE_S is taken over.
@@ -23,7 +23,6 @@ import json
 import os
 import socket
 import stat
-import sys
 import threading
 import time
 import uuid
@@ -83,8 +82,7 @@ def owner_record() -> dict:
     st = _proc_stat(os.getpid())
     return {"pid": os.getpid(), "host": socket.gethostname(), "job": this_job(), "token": uuid.uuid4().hex,
             "boot_id": _read_first_line("/proc/sys/kernel/random/boot_id"), "pid_ns": _pid_namespace(),
-            "start_time": st[1] if st else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "command": " ".join(sys.argv)[:300]}
+            "start_time": st[1] if st else None, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _alive(pid: int, start_time: int | None) -> bool:
@@ -197,6 +195,9 @@ class RunLock:
             if _alive(owner["pid"], owner.get("start_time")):
                 return None
             return f"process {owner['pid']} is no longer running"
+        if owner.get("host") == self.me["host"] and owner.get("boot_id") and self.me["boot_id"] \
+                and owner["boot_id"] != self.me["boot_id"]:
+            return "this machine has rebooted since it was taken"
         if owner.get("job") and owner.get("job") == self.me["job"]:
             return f"an earlier start of this job ({owner['job']}) on {owner.get('host')}"
         if age > STALE_S:

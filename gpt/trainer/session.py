@@ -22,7 +22,7 @@ from gpt.engine import memory
 from gpt.engine.deepspeed_config import deepspeed_zero_stage
 from gpt.engine.engine import build_engine
 from gpt.engine.pipeline import blocks_per_stage
-from gpt.errors import CheckpointError
+from gpt.errors import CheckpointError, TrainingError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
@@ -87,8 +87,12 @@ def config_dict(cfg: TrainingConfig) -> dict:
 def _write_config(cdict: dict, run_dir: Path) -> None:
     from gpt.checkpoint.format import write_text_atomic
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cdict)))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cdict)))
+    except OSError as e:
+        raise TrainingError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror or e}) before the first step; "
+                            f"nothing was lost: free space or fix run.dir, then re-run the same command") from None
 
 
 def pretrain(cfg: TrainingConfig) -> int:

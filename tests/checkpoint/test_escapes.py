@@ -75,7 +75,7 @@ def test_a_pointer_that_is_not_a_regular_file_is_refused_without_reading_it(run,
         (root / fmt.LATEST).symlink_to(root / "step_00000004")
     else:
         (root / fmt.LATEST).mkdir()
-    with no_hang(), pytest.raises(CheckpointError, match="is not a regular file") as e:
+    with no_hang(root / fmt.LATEST), pytest.raises(CheckpointError, match="is not a regular file") as e:
         fmt.candidates(run)
     one_line(e)
 
@@ -176,7 +176,7 @@ def test_a_fifo_never_hangs_generate_or_resume(run, what):
     elif what == "rank-file":
         (ckpt / "rank-00000.safetensors").unlink()
         os.mkfifo(ckpt / "rank-00000.safetensors")
-    with no_hang():
+    with no_hang(ckpt / fmt.META, ckpt / "rank-00000.safetensors"):
         if what == "piece-file":  # a reader given a piece in a FIFO (past the checks above)
             meta = fmt.read_meta(ckpt)
             (ckpt / "rank-00000.safetensors").unlink()

@@ -42,5 +42,5 @@ def test_a_symlinked_or_fifo_tokenizer_file_is_refused_without_reading_it(bpe_re
         load_tokenizer(d)
     (d / "tokenizer.json").unlink()
     os.mkfifo(d / "tokenizer.json")
-    with no_hang(), pytest.raises(DataError, match=r"is not a regular file \(a FIFO\)"):
+    with no_hang(d / "tokenizer.json"), pytest.raises(DataError, match=r"is not a regular file \(a FIFO\)"):
         load_tokenizer(d)

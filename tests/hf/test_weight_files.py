@@ -39,7 +39,8 @@ def test_a_weight_file_symlinked_outside_is_refused(tmp_path):
 def test_a_fifo_weight_file_does_not_hang(tmp_path):
     d = hf_dir(tmp_path, "model-00001-of-00001.safetensors")
     os.mkfifo(d / "model-00001-of-00001.safetensors")
-    with no_hang(), pytest.raises(ConfigError, match=r"is not a regular file \(a FIFO\)"):
+    with no_hang(d / "model-00001-of-00001.safetensors"), \
+            pytest.raises(ConfigError, match=r"is not a regular file \(a FIFO\)"):
         HFWeights(d).get("wte.weight")
 
 
