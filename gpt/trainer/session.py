@@ -217,7 +217,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     session.flops_per_token = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
     session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
-        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts)
+        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts,
+                engine.zero3)
     session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
@@ -225,7 +226,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     return session
 
 
-def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str, counts) -> None:
+def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str, counts,
+            zero3=None) -> None:
     """What a user checks before burning GPU hours: size, cost per token, layout, memory, peak."""
     layout = ctx.layout
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
@@ -241,6 +243,12 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     logger.info("precision %s; ZeRO stage %d%s; %s; %s (%s)", cfg.train.precision, cfg.parallel.zero_stage, note,
                 "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
                 ctx.device, ctx.backend)
+    if zero3 is not None:
+        if zero3.partitioned == 0 and layout.data > 1:
+            logger.warning("%s: nothing is partitioned; for a model this small set "
+                           "+deepspeed.zero_optimization.stage3_param_persistence_threshold=0", zero3.describe())
+        else:
+            logger.info("%s", zero3.describe())
     frozen = counts.trainable < counts.total
     mem = memory.estimate(cfg, shape, layout, counts.busiest_rank_trainable if frozen else None)
     hb = memory.human_bytes
