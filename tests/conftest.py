@@ -5,12 +5,9 @@ under torchrun/gloo; `slurm` tests submit to a real local SLURM. All run in CI (
 Helper functions live in helpers.py (importable as `helpers`: pytest puts tests/ on sys.path).
 """
 
-<<<<<<< HEAD
 import logging
-=======
 import subprocess
 from dataclasses import dataclass
->>>>>>> main
 from pathlib import Path
 
 import pytest
@@ -75,23 +72,6 @@ def finetune(base_run, sft_shards, tmp_path_factory):
     return run
 
 
-<<<<<<< HEAD
-@pytest.fixture
-def gpt_log():
-    """The records logged under `gpt` at WARNING and above while the test runs (whatever log.setup did
-    to propagation: the handler sits on the `gpt` logger itself)."""
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = records.append
-    logger = logging.getLogger("gpt")
-    level = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > logging.WARNING:
-        logger.setLevel(logging.WARNING)
-    yield records
-    logger.removeHandler(handler)
-    logger.setLevel(level)
-=======
 @dataclass
 class Launched:
     run_dir: Path
@@ -115,4 +95,20 @@ def launch(shards, tmp_path_factory):
         return done[key]
 
     return run
->>>>>>> main
+
+
+@pytest.fixture
+def gpt_log():
+    """The records logged under `gpt` at WARNING and above while the test runs (whatever log.setup did
+    to propagation: the handler sits on the `gpt` logger itself)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("gpt")
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

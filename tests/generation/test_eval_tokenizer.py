@@ -30,8 +30,14 @@ def test_the_same_tokenizer_in_two_places_is_the_same_tokenizer(bpe_run):
     assert identity(ours.to_dict()) == identity(saved.to_dict()) and "sha256" in identity(ours.to_dict())
 
 
-def test_eval_on_its_own_bpe_training_data(bpe_run):
+def test_eval_on_its_own_bpe_training_data(bpe_run, capsys):
+    """gpt-eval's main in this process (its command line, its exit status, its one JSON line)."""
+    from gpt.evaluate import main
+
     shards, run = bpe_run
-    proc = run_module("gpt.evaluate", [f"checkpoint={run}", "iters=1", "batch_size=2"], check=True)
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    with pytest.raises(SystemExit) as e:
+        main([f"checkpoint={run}", "iters=1", "batch_size=2", "device=cpu"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
     assert result["step"] == 2 and result["ppl"] > 1.0
