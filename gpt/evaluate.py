@@ -21,6 +21,7 @@ def run(cfg) -> int:
     from gpt.config.training import DataConfig
     from gpt.config.validate import validate_evaluate
     from gpt.data import build_loaders
+    from gpt.data.tokenizer import identity
     from gpt.errors import DataError
     from gpt.generation.loading import load_model, release
     from gpt.generation.scoring import mean_loss
@@ -39,9 +40,10 @@ def run(cfg) -> int:
                                micro_batch_size=cfg.batch_size, dp_rank=0, dp_size=1, seed=0)
         if val is None:
             raise DataError("no validation split: set data.val_fraction>0, data.val_path, or split=all")
-        if val.tokenizer.to_dict() != loaded.tokenizer.to_dict():
-            raise DataError(f"{data.val_path or data.path} was tokenised with {val.tokenizer.to_dict()}, "
-                            f"the checkpoint with {loaded.tokenizer.to_dict()}; preprocess with the same tokenizer")
+        # What defines the tokenizer (a tokenizer.json by the hash of its content), not where its file was.
+        if identity(val.tokenizer.to_dict()) != identity(loaded.tokenizer.to_dict()):
+            raise DataError(f"{data.val_path or data.path} was tokenised with {identity(val.tokenizer.to_dict())}, "
+                            f"the checkpoint with {identity(loaded.tokenizer.to_dict())}; preprocess with the same tokenizer")
         batches = cfg.iters or max(1, math.ceil(val.samples_per_epoch / cfg.batch_size))
         device = next(loaded.model.parameters()).device
         result = mean_loss(loaded.model, val, batches=batches, device=device)

@@ -12,7 +12,9 @@ SIGTERM/SIGINT handling kills the ranks 30 s later whatever they are doing. So:
   the launcher are forwarded to the ranks (torchrun's children) as SIGUSR1, once to each rank, as
   soon as it catches SIGUSR1 (its handler shows in /proc/<pid>/status), so a signal that arrives
   while the ranks still start is held back, not lost, and the launcher interrupts each rank once.
-  A second Ctrl-C goes to torchrun as SIGINT: stop now, without saving.
+  A second Ctrl-C goes to torchrun as SIGINT, which passes it on to the ranks: their second stop
+  signal, so they stop at once, without saving (gpt/trainer/signals.py); torchrun kills what is
+  left 30 s later.
 - torchrun runs in its own process group, so a terminal's Ctrl-C reaches the launcher only.
 
 Exit status: torchrun's. After a stop signal and a clean save it is 128+signal outside SLURM, so a

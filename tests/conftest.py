@@ -5,6 +5,7 @@ under torchrun/gloo; `slurm` tests submit to a real local SLURM. All run in CI (
 Helper functions live in helpers.py (importable as `helpers`: pytest puts tests/ on sys.path).
 """
 
+import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,3 +95,20 @@ def launch(shards, tmp_path_factory):
         return done[key]
 
     return run
+
+
+@pytest.fixture
+def gpt_log():
+    """The records logged under `gpt` at WARNING and above while the test runs (whatever log.setup did
+    to propagation: the handler sits on the `gpt` logger itself)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("gpt")
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -53,10 +55,11 @@ def launch_env(**variables: str) -> dict:
 
 
 def run_module(module: str, args: list[str], *, check: bool = False, timeout: int = 600,
-               env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m module args` in a fresh process (what a user types)."""
+               env: dict | None = None, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`python -m module args` in a fresh process (what a user types); `preexec_fn` runs in the child
+    before it starts (e.g. to set resource limits)."""
     proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env or env_for_subprocess(), cwd=REPO)
+                          env=env or env_for_subprocess(), cwd=REPO, preexec_fn=preexec_fn)
     assert_guard_silent(proc)
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -88,6 +91,36 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
 
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+
+
+_UNBLOCK = """
+import os, sys, time
+time.sleep(float(sys.argv[1]))
+while True:
+    for fifo in sys.argv[2:]:
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader (yet)
+            pass
+    time.sleep(0.05)
+"""
+
+
+@contextmanager
+def no_hang(*fifos, seconds: float = 20):
+    """Fail (TimeoutError) instead of blocking forever on one of `fifos`: opening a FIFO for reading
+    waits for a writer, and native code may block there holding the GIL and retrying on EINTR (no
+    alarm or thread helps). After `seconds` a helper process opens each FIFO for writing, which lets
+    a stuck reader through to EOF."""
+    helper = subprocess.Popen([sys.executable, "-c", _UNBLOCK, str(seconds), *map(str, fifos)])
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        helper.kill()
+        helper.wait()
+        if time.monotonic() - started >= seconds:
+            raise TimeoutError(f"blocked on {', '.join(map(str, fifos))} for more than {seconds} s")
 
 
 def early_stop(evals: list[dict], patience: int, min_delta: float = 0.0) -> tuple[int, int]:

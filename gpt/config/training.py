@@ -114,6 +114,8 @@ class DataConfig:
     """Weighted mixture [[weight, path], ...] used instead of data.path."""
     verify: bool = False
     """Check every shard's sha256 at start-up (reads the whole corpus once); size, schema, version and counts are always checked."""
+    allow_changed: bool = False
+    """Resume even though the token shards differ from those the checkpoint was trained on (their metadata.json checksums); training continues at the same sample position of the new data."""
 
 
 @dataclass(kw_only=True)
