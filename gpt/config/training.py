@@ -169,7 +169,9 @@ class WandbConfig:
 @dataclass(kw_only=True)
 class LoggingConfig:
     every: int = 10
-    """Print a progress line (loss, tokens/s, ETA) every this many steps."""
+    """Print a progress line (loss, tokens/s, ETA) every this many steps (TensorBoard is flushed as often)."""
+    tensorboard: bool = True
+    """Write every metrics record as TensorBoard scalars under run.dir/tensorboard (`tensorboard --logdir runs`)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
 

@@ -16,6 +16,7 @@ from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.progress import Progress
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
+from gpt.trainer.tensorboard import TensorBoardSink
 
 logger = log.get("train")
 
@@ -35,6 +36,7 @@ class Session:
     wandb: WandbSink
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
+    tensorboard: TensorBoardSink | None = None
 
     @property
     def ctx(self):
@@ -43,6 +45,8 @@ class Session:
     def close(self) -> None:
         self.metrics.close()
         self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def evaluate(s: Session) -> float:
@@ -69,6 +73,8 @@ def materialize_optimizer_state(s: Session) -> None:
 def _record(s: Session, record: dict) -> None:
     s.metrics.write(record)
     s.wandb.log(record)
+    if s.tensorboard is not None:
+        s.tensorboard.log(record)
 
 
 def run_eval(s: Session) -> float:

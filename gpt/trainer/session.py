@@ -31,6 +31,7 @@ from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
+from gpt.trainer.tensorboard import TensorBoardSink
 
 logger = log.get("train")
 
@@ -141,6 +142,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
     session.state.wandb_id = session.wandb.run_id or session.state.wandb_id
+    session.tensorboard = TensorBoardSink(run_dir, enabled=writes and cfg.logging.tensorboard,
+                                          resume_step=session.state.step, flush_every=cfg.logging.every)
     return session
 
 
