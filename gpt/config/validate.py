@@ -127,6 +127,15 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
            f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size*data_parallel="
            f"{t.micro_batch_size}*{dp}={per_step}; make it a multiple of {per_step}")
 
+    # Downstream tasks (lm-evaluation-harness).
+    if cfg.eval.tasks:
+        _check(cfg.eval.tasks_every >= 1, f"eval.tasks_every={cfg.eval.tasks_every} must be at least 1 when eval.tasks is set")
+        _check(cfg.eval.tasks_limit is None or cfg.eval.tasks_limit > 0,
+               f"eval.tasks_limit={cfg.eval.tasks_limit} must be positive (examples per task, or a fraction below 1)")
+        _check(p.pipeline == 1,
+               f"eval.tasks runs on the training model with parallel.pipeline=1 only (here {p.pipeline}); evaluate "
+               f"the run's checkpoints with `gpt-eval checkpoint=<run.dir> tasks=[...]` instead")
+
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
     validate_peft(cfg)

@@ -125,6 +125,19 @@ class DenseEngine(TrainEngine):
         self.ds.train()
         return self._mean_over_dp(total / len(micro_batches))
 
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(b, t) ids -> (b, t, v / tensor) this tensor rank's slice of the vocabulary's logits (eval mode).
+
+        Every rank of the model's tensor group (and, under ZeRO-3, of its data group) must call it
+        with the same tokens: the forward's collectives run over them.
+        """
+        self.ds.eval()
+        try:
+            return self.ds(tokens.to(self.ctx.device))
+        finally:
+            self.ds.train()
+
     def _mean_over_dp(self, value: torch.Tensor) -> float:
         if self.ctx.layout.data > 1:
             collectives.all_reduce(value, group=self.ctx.dp_group)

@@ -62,10 +62,16 @@ def pretrain(cfg: TrainingConfig) -> int:
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
     check_precision(cfg.device, cfg.train.precision)  # what this machine's kernels allow
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
+    tasks = None
+    if cfg.eval.tasks:  # unknown task names fail here, before any process group
+        from gpt.generation.harness import task_manager
+
+        tasks = task_manager(cfg.eval.tasks, cfg.eval.tasks_path)
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
     try:
         session = open_session(cfg, ctx, shape)
+        session.task_manager = tasks
         try:
             train(session, stop)
         finally:

@@ -5,7 +5,7 @@ becomes one scalar at the record's step, tagged by what the record is:
 
     step records           loss, lr, grad_norm, tokens_per_s, mfu, skipped_steps, ...  -> train/<field>
     evaluation records     val_loss, val_ppl, eval_time_s                              -> val/loss, val/ppl, val/eval_time_s
-    fields that hold a "/" (downstream tasks: "hellaswag/acc")                         -> eval/<field>
+    downstream task records ("hellaswag/acc", ..., tasks_time_s)                      -> eval/<field>
 
 On resume the writer starts a new event file with a SessionLog START at resume_step + 1
 (SummaryWriter's purge_step): TensorBoard then drops everything the interrupted run logged past the
@@ -24,27 +24,23 @@ DIR = "tensorboard"
 
 def scalar_tags(record: dict) -> dict[str, float]:
     """The scalars of one metrics record, by TensorBoard tag (None, NaN/inf and non-numbers left out)."""
-    evaluation = "val_loss" in record
+    if any("/" in key for key in record):
+        kind = "eval"  # downstream tasks: eval/<task>/<metric>, eval/tasks_time_s
+    else:
+        kind = "val" if "val_loss" in record else "train"
     out = {}
     for key, value in record.items():
-        if key == "step" or isinstance(value, str) or value is None:
+        if key == "step" or not isinstance(value, (int, float)) or not math.isfinite(value):
             continue
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if "/" in key:
-            tag = f"eval/{key}"
-        elif evaluation:
-            tag = f"val/{key.removeprefix('val_')}"
-        else:
-            tag = f"train/{key}"
-        out[tag] = float(value)
+        out[f"{kind}/{key.removeprefix('val_') if kind == 'val' else key}"] = float(value)
     return out
 
 
 class TensorBoardSink:
     """run.dir/tensorboard event files, flushed every `flush_every` steps and on close."""
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool, resume_step: int = 0, flush_every: int = 10):
+    def __init__(self, run_dir: str | Path, *, enabled: bool, resume_step: int | None = 0, flush_every: int = 10):
+        """resume_step: hide what an earlier attempt logged past this step; None appends, hiding nothing."""
         self.writer = None
         self.flush_every = max(1, flush_every)
         if not enabled:
@@ -52,7 +48,8 @@ class TensorBoardSink:
         from torch.utils.tensorboard import SummaryWriter
 
         # purge_step: events with step >= resume_step + 1 from an earlier attempt are hidden.
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / DIR), purge_step=resume_step + 1,
+        purge = None if resume_step is None else resume_step + 1
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / DIR), purge_step=purge,
                                     max_queue=1000, flush_secs=60)
 
     def log(self, record: dict) -> None:
