@@ -97,9 +97,8 @@ def run_eval(s: Session) -> float:
 def run_tasks(s: Session) -> dict:
     """eval.tasks through lm-evaluation-harness on the training model. Every rank runs the same requests
     (the forward's tensor-parallel / ZeRO-3 collectives need them all); the logging rank records."""
-    from gpt.generation import (
-        harness,  # imports lm_eval: only runs with eval.tasks pay for it
-    )
+    # imports lm_eval (seconds): only runs with eval.tasks pay for it
+    from gpt.generation import harness
 
     cfg, ctx = s.cfg, s.ctx
     if s.harness is None:
