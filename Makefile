@@ -23,6 +23,7 @@ demo: install
 	test -f $(DEMO_DATA)/metadata.json || $(BIN)/gpt-preprocess input=stdlib output=$(DEMO_DATA) tokenizer.kind=byte
 	$(BIN)/gpt-pretrain experiment=demo data.path=$(DEMO_DATA)
 	$(BIN)/gpt-generate checkpoint=runs/demo prompt="def " max_new_tokens=300 temperature=0.8 top_k=40
+	$(BIN)/gpt-plot runs/demo output=runs/demo/curves.png
 
 test: install
 	$(BIN)/python -m pytest -q

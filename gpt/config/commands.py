@@ -133,6 +133,18 @@ class EvaluateConfig:
 
 
 @dataclass(kw_only=True)
+class PlotConfig:
+    """What gpt-plot composes from conf/plot.yaml."""
+
+    runs: List[str] = field(default_factory=list)
+    """run.dirs to draw, one line each (on the command line they are positional: gpt-plot runs/a runs/b)."""
+    output: str = "curves.png"
+    """The PNG to write."""
+    dpi: int = 100
+    """Resolution of the PNG (the figure is 16 x 7 inches)."""
+
+
+@dataclass(kw_only=True)
 class ExportConfig:
     """What gpt-export composes from conf/export.yaml."""
 

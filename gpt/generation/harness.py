@@ -21,13 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from lm_eval import simple_evaluate
-from lm_eval.api.model import TemplateLM
-from lm_eval.models.utils import Collator
-from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from gpt.errors import ConfigError, DataError
+
+try:
+    from lm_eval import simple_evaluate
+    from lm_eval.api.model import TemplateLM
+    from lm_eval.models.utils import Collator
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+except ImportError as e:  # an optional dependency: only tasks need it
+    raise ConfigError(f"tasks need lm-evaluation-harness ({e}): pip install 'lm-eval>=0.4.5,<0.5', "
+                      f"or pip install -e '.[eval]'") from None
 from gpt.generation.scoring import full_vocab_logits, target_logprobs
 
 
