@@ -29,7 +29,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not distributed and not slurm"
+	$(BIN)/python -m pytest -q -m "not distributed and not slurm and not docker"
 
 # The manual in docs/ as a site in site/; --strict fails on a broken link or anchor, or a page missing from nav.
 docs: install
