@@ -151,9 +151,11 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
         _check(cfg.eval.tasks_every >= 1, f"eval.tasks_every={cfg.eval.tasks_every} must be at least 1 when eval.tasks is set")
         _check(cfg.eval.tasks_limit is None or cfg.eval.tasks_limit > 0,
                f"eval.tasks_limit={cfg.eval.tasks_limit} must be positive (examples per task, or a fraction below 1)")
-        _check(p.pipeline == 1,
-               f"eval.tasks runs on the training model with parallel.pipeline=1 only (here {p.pipeline}); evaluate "
-               f"the run's checkpoints with `gpt-eval checkpoint=<run.dir> tasks=[...]` instead")
+        _check(p.pipeline == 1 and p.context == 1 and not p.sequence_parallel,
+               f"eval.tasks runs on the training model with parallel.pipeline=1, parallel.context=1 and without "
+               f"parallel.sequence_parallel only (here pipeline={p.pipeline}, context={p.context}, sequence_parallel="
+               f"{str(p.sequence_parallel).lower()}); evaluate the run's checkpoints with "
+               f"`gpt-eval checkpoint=<run.dir> tasks=[...]` instead")
 
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")

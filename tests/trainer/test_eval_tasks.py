@@ -60,8 +60,10 @@ def test_tasks_during_training_match_one_process_and_the_checkpoint(shards, corp
 
 
 @pytest.mark.parametrize("overrides, world, message", [
-    (["eval.tasks=[hellaswag]", "parallel=pp2"], 2, r"eval\.tasks runs on the training model with parallel\.pipeline=1 "
-                                                    r"only .*gpt-eval checkpoint=<run\.dir> tasks=\[\.\.\.\]"),
+    (["eval.tasks=[hellaswag]", "parallel=pp2"], 2, r"eval\.tasks runs on the training model with parallel\.pipeline=1,"
+                                                    r".*\(here pipeline=2, .*gpt-eval checkpoint=<run\.dir> tasks=\[\.\.\.\]"),
+    (["eval.tasks=[hellaswag]", "parallel.tensor=2", "parallel.sequence_parallel=true"], 2,
+     r"eval\.tasks runs .*sequence_parallel=true\)"),
     (["eval.tasks=[hellaswag]", "eval.tasks_every=0"], 1, r"eval\.tasks_every=0 must be at least 1"),
     (["eval.tasks=[hellaswag]", "eval.tasks_limit=0"], 1, r"eval\.tasks_limit=0\.0 must be positive"),
 ])
