@@ -42,18 +42,26 @@ def test_resumed_run_continues_the_curves_without_duplicates(shards, tmp_path):
     assert "train/mfu" in tb  # the CPU peak is measured, so MFU is reported
 
 
-def test_flushed_every_logging_interval_and_on_close(tmp_path):
-    """What a crash leaves behind: everything up to the last multiple of flush_every (logging.every)."""
+def test_flushed_every_logging_interval_and_on_close(tmp_path, monkeypatch):
+    """flush() at every multiple of flush_every (logging.every) and after every evaluation, so a crash loses
+    at most that many steps; close() writes the rest. (The writer's background thread may write sooner:
+    what is promised is the flush, counted here, and what is read back at the end.)"""
     sink = TensorBoardSink(tmp_path, enabled=True, flush_every=2)
-    for step in (1, 2, 3):
+    flushed_at, current = [], [0]  # the steps at which flush() was called; the step being logged
+    real_flush = sink.writer.flush
+    monkeypatch.setattr(sink.writer, "flush", lambda: (flushed_at.append(current[0]), real_flush()))
+    for step in (1, 2, 3, 4, 5):
+        current[0] = step
         sink.log({"step": step, "loss": 1.0 / step, "lr": 1e-3, "skipped": False, "mfu": None})
-    flushed = scalars(tmp_path / "tensorboard")
-    assert [s for s, _ in flushed["train/loss"]] == [1, 2]
-    assert "train/mfu" not in flushed  # null values are not scalars
-    sink.log({"step": 3, "val_loss": 0.5, "val_ppl": 1.65, "eval_time_s": 0.1})  # evaluations flush at once
-    assert [s for s, _ in scalars(tmp_path / "tensorboard")["val/loss"]] == [3]
+    assert flushed_at == [2, 4]
+    assert [s for s, _ in scalars(tmp_path / "tensorboard")["train/loss"]][:4] == [1, 2, 3, 4]  # flushed ones are on disk
+    sink.log({"step": 5, "val_loss": 0.5, "val_ppl": 1.65, "eval_time_s": 0.1})  # evaluations flush at once
+    assert flushed_at == [2, 4, 5]
     sink.close()
-    assert [s for s, _ in scalars(tmp_path / "tensorboard")["train/loss"]] == [1, 2, 3]
+    board = scalars(tmp_path / "tensorboard")
+    assert [s for s, _ in board["train/loss"]] == [1, 2, 3, 4, 5] and [s for s, _ in board["val/loss"]] == [5]
+    assert "train/mfu" not in board  # null values are not scalars
+    assert board["train/skipped"] == [(s, 0.0) for s in range(1, 6)]
 
 
 def test_disabled_writes_nothing(tmp_path):
