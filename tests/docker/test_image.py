@@ -2,7 +2,8 @@
 mounted volumes as uid 1000 without a network, a `docker stop` (Kubernetes' SIGTERM) and the same command
 again resuming, generation from that checkpoint, two processes in a container whose hostname does not
 resolve, and two "nodes" (two containers, host network, torchrun's PET_* variables) that train together
-exactly as one process does."""
+exactly as one process does. Each container start costs seconds (torch, DeepSpeed imports): the runs are
+few and tiny."""
 
 import os
 import socket
@@ -80,18 +81,16 @@ def test_preprocess_pretrain_stop_resume_generate(docker, image, volumes):
     assert (runs / "tiny" / "metrics.jsonl").stat().st_uid == 1000
     assert any((runs / "tiny" / "tensorboard").iterdir())
 
-    gen = ["checkpoint={}/tiny", "prompt=To be", "max_new_tokens=24", "temperature=0"]
-    inside = docker.run(["run", "--rm", "--network", "none", *mounts(volumes), "--entrypoint", "gpt-generate", image,
-                         *(a.format("/runs") for a in gen)]).stdout
-    outside = run_module("gpt.generate", [a.format(runs) for a in gen], check=True).stdout
-    assert inside == outside and inside.startswith("To be") and len(inside) > len("To be")
+    text = docker.run(["run", "--rm", "--network", "none", *mounts(volumes), "--entrypoint", "gpt-generate", image,
+                       "checkpoint=/runs/tiny", "prompt=To be", "max_new_tokens=24", "temperature=0"]).stdout
+    assert text.startswith("To be") and len(text) > len("To be")  # the prompt, then what the model continues
 
 
 def test_two_processes_in_a_container_whose_hostname_does_not_resolve(docker, image, volumes):
     """--network none: the container's hostname resolves to nothing; torchrun must not need it."""
     proc = docker.run(["run", "--rm", "--init", "--network", "none", "--hostname", "nowhere-at-all", "-e",
                        "GPT_NPROC_PER_NODE=2", *mounts(volumes), image, "pretrain",
-                       *tiny("/data/shards", "/runs/two-procs", "train.steps=4", "eval.every=0")], timeout=600)
+                       *tiny("/data/shards", "/runs/two-procs", "train.steps=2", "eval.every=0")], timeout=600)
     assert "--local_addr=127.0.0.1" in proc.stderr
     assert fmt.read_meta(fmt.resolve(volumes[1] / "two-procs"))["layout"]["world"] == 2
 
