@@ -21,26 +21,20 @@ log_to_run=true also records them in the checkpoint's run (metrics.jsonl, Tensor
 def run(cfg) -> int:
     from dataclasses import replace
 
-    from omegaconf import OmegaConf
-
+    from gpt.config.text import structured
     from gpt.config.training import DataConfig
+    from gpt.config.validate import validate_evaluate
     from gpt.data import build_loaders
-    from gpt.errors import ConfigError, DataError
+    from gpt.errors import DataError
     from gpt.generation.loading import load_model, release
     from gpt.generation.scoring import mean_loss
 
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint is required: checkpoint=<run.dir, checkpoint dir or pointer file>")
-    if cfg.split not in ("val", "all"):
-        raise ConfigError(f"split={cfg.split} is not one of val|all")
-    if cfg.batch_size < 1 or (cfg.iters is not None and cfg.iters < 1):
-        raise ConfigError("batch_size and iters must be at least 1")
+    validate_evaluate(cfg)
     if cfg.tasks:
         return run_tasks(cfg)
     loaded = load_model(cfg.checkpoint, cfg.device)
     try:
-        trained = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig),
-                                                      loaded.meta["config"]["data"]))
+        trained = structured(DataConfig, loaded.meta["config"]["data"])  # data from the checkpoint: never resolved
         data = DataConfig(**{k: (v if v is not None else getattr(trained, k)) for k, v in vars(cfg.data).items()})
         if cfg.data.path and not cfg.data.blend:
             data = replace(data, blend=None)
@@ -66,12 +60,9 @@ def run(cfg) -> int:
 
 def run_tasks(cfg) -> int:
     """lm-evaluation-harness tasks on the checkpoint's one-process model (PEFT modules rebuilt, unmerged)."""
-    from gpt.errors import ConfigError
     from gpt.generation import harness
     from gpt.generation.loading import load_model, release
 
-    if cfg.limit is not None and cfg.limit <= 0:
-        raise ConfigError(f"limit={cfg.limit} must be positive (examples per task, or a fraction below 1)")
     manager = harness.task_manager(cfg.tasks, cfg.tasks_path)  # unknown task names fail before the model loads
     loaded = load_model(cfg.checkpoint, cfg.device)
     try:

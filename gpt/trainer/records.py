@@ -8,8 +8,7 @@ import json
 import math
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
+from gpt.config.text import structured
 from gpt.config.training import WandbConfig
 from gpt.trainer.metrics import WandbSink
 from gpt.trainer.tensorboard import TensorBoardSink
@@ -26,7 +25,7 @@ def append_record(run_dir: str | Path, record: dict, run_config: dict, wandb_id:
     board = TensorBoardSink(run_dir, enabled=logging_cfg.get("tensorboard", True), resume_step=None)
     board.log(record)
     board.close()
-    wandb_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WandbConfig), logging_cfg.get("wandb", {})))
+    wandb_cfg = structured(WandbConfig, logging_cfg.get("wandb", {}))
     sink = WandbSink(wandb_cfg, enabled=True, run_dir=run_dir, config=run_config, run_id=wandb_id)
     sink.log(record)
     sink.finish()
