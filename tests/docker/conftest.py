@@ -6,7 +6,8 @@ bookworm + Python 3.11 + the CPU torch in /opt/conda; ~3 minutes once, then kept
 is built against it with `--build-arg BASE=...`; builds reach the package index with
 `--network host`. The tests skip, saying why, only where the engine cannot start (no script, not
 root, start failed). The build time (cold or from the layer cache) and the image size are printed
-in the terminal summary.
+in the terminal summary (kept in pytest's cache between the xdist worker that built it and the
+controller that prints the summary).
 """
 
 import os
@@ -20,7 +21,9 @@ from helpers import REPO
 
 TOOL_CANDIDATES = [REPO.parent / "shared" / "tools" / "local-docker.sh", Path("/work/shared/tools/local-docker.sh")]
 TAG = "gpt:test"
+CACHE_KEY = "gpt/docker-image"
 _facts: dict = {}
+_session_start = time.time()
 
 
 @dataclass
@@ -70,7 +73,7 @@ def docker():
 
 
 @pytest.fixture(scope="session")
-def image(docker) -> str:
+def image(docker, request) -> str:
     """docker/Dockerfile built from the repository root against the stand-in base."""
     t0 = time.monotonic()
     build = docker.run(["build", "--network", "host", "-f", "docker/Dockerfile", "--build-arg", f"BASE={docker.base}",
@@ -79,12 +82,15 @@ def image(docker) -> str:
     _facts["cached"] = (build.stdout.count("Using cache"), build.stdout.count("\nStep "))
     size = int(docker.run(["image", "inspect", TAG, "--format", "{{.Size}}"]).stdout)
     base = int(docker.run(["image", "inspect", docker.base, "--format", "{{.Size}}"]).stdout)
-    _facts["size"], _facts["base_size"] = size, base
+    _facts["size"], _facts["base_size"], _facts["at"] = size, base, time.time()
+    request.config.cache.set(CACHE_KEY, _facts)
     return TAG
 
 
-def pytest_terminal_summary(terminalreporter):
-    if "build_s" in _facts:
+def pytest_terminal_summary(terminalreporter, config):
+    facts = config.cache.get(CACHE_KEY, None) or {}
+    if facts.get("at", 0) >= _session_start:  # built in this session (by this process or an xdist worker)
+        _facts.update(facts)
         how = "{} of {} steps from the layer cache".format(*_facts["cached"])
         terminalreporter.write_line(
             f"docker image {TAG}: built in {_facts['build_s']:.0f} s ({how}); {_facts['size'] / 1e9:.2f} GB "
