@@ -27,12 +27,13 @@ demo: install
 	test -f $(DEMO_DATA)/metadata.json || $(BIN)/gpt-preprocess input=stdlib output=$(DEMO_DATA) tokenizer.kind=byte
 	$(BIN)/gpt-pretrain experiment=demo data.path=$(DEMO_DATA)
 	$(BIN)/gpt-generate checkpoint=runs/demo prompt="def " max_new_tokens=300 temperature=0.8 top_k=40
+	$(BIN)/gpt-plot runs/demo output=runs/demo/curves.png
 
 test: install
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not distributed and not slurm"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not distributed and not slurm and not docker"
 
 # The manual in docs/ as a site in site/; --strict fails on a broken link or anchor, or a page missing from nav.
 docs: install

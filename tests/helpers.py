@@ -18,7 +18,7 @@ SHAKESPEARE_CANDIDATES = [REPO.parent / "shared" / "data" / "tinyshakespeare.txt
                           Path("/work/shared/data/tinyshakespeare.txt")]
 
 # Keys that keep every test run small, quiet and offline.
-QUIET = ["logging.wandb.mode=disabled", "logging.every=0"]
+QUIET = ["logging.wandb.mode=disabled", "logging.every=0", "logging.tensorboard=false"]
 
 
 def shakespeare_path() -> Path | None:

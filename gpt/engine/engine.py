@@ -162,6 +162,19 @@ class DenseEngine(TrainEngine):
         self.ds.train()
         return self._mean_over_dp(total / len(micro_batches))
 
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(b, t) ids -> (b, t, v / tensor) this tensor rank's slice of the vocabulary's logits (eval mode).
+
+        Every rank of the model's tensor group (and, under ZeRO-3, of its data group) must call it
+        with the same tokens: the forward's collectives run over them.
+        """
+        self.ds.eval()
+        try:
+            return self.ds(tokens.to(self.ctx.device))
+        finally:
+            self.ds.train()
+
     def _mean_over_dp(self, value: torch.Tensor) -> float:
         n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples
         if n > 1:

@@ -24,6 +24,7 @@ from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.progress import Progress
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
+from gpt.trainer.tensorboard import TensorBoardSink
 
 logger = log.get("train")
 
@@ -43,6 +44,9 @@ class Session:
     wandb: WandbSink
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
+    tensorboard: TensorBoardSink | None = None
+    task_manager: object = None  # lm-eval's TaskManager for eval.tasks (built before the process groups)
+    harness: object = None  # the lm-eval LM over the training model, made on first use
 
     @property
     def ctx(self):
@@ -51,6 +55,8 @@ class Session:
     def close(self) -> None:
         self.metrics.close()
         self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
@@ -132,6 +138,8 @@ def materialize_optimizer_state(s: Session) -> None:
 def _record(s: Session, record: dict) -> None:
     s.metrics.write(record)
     s.wandb.log(record)
+    if s.tensorboard is not None:
+        s.tensorboard.log(record)
 
 
 def run_eval(s: Session, stop: StopRequest | None = None) -> float | None:
@@ -150,6 +158,29 @@ def run_eval(s: Session, stop: StopRequest | None = None) -> float | None:
     if s.ctx.is_logging_rank:
         logger.info("step %d | val loss %.4f | val ppl %.2f", st.step, val, math.exp(min(val, 50.0)))
     return val
+
+
+def run_tasks(s: Session) -> dict:
+    """eval.tasks through lm-evaluation-harness on the training model. Every rank runs the same requests
+    (the forward's tensor-parallel / ZeRO-3 collectives need them all); the logging rank records."""
+    # imports lm_eval (seconds): only runs with eval.tasks pay for it
+    from gpt.generation import harness
+
+    cfg, ctx = s.cfg, s.ctx
+    if s.harness is None:
+        backend = harness.Backend(forward=s.engine.logits, vocab_size=s.tokenizer.vocab_size, device=ctx.device,
+                                  tp_rank=ctx.tp_rank, tp_group=ctx.tp_group)
+        s.harness = harness.GptLM(backend, s.tokenizer, max_length=cfg.train.seq_len,
+                                  batch_size=cfg.train.micro_batch_size)
+    t0 = time.perf_counter()
+    metrics = harness.evaluate_tasks(s.harness, cfg.eval.tasks, limit=cfg.eval.tasks_limit,
+                                     num_fewshot=cfg.eval.tasks_num_fewshot, manager=s.task_manager)
+    record = {"step": s.state.step, **metrics, "tasks_time_s": round(time.perf_counter() - t0, 3)}
+    _record(s, record)
+    if ctx.is_logging_rank:
+        logger.info("step %d | %s", s.state.step, " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                            if not k.endswith("_stderr")))
+    return record
 
 
 def is_bad(loss: float, skipped: bool, precision: str) -> bool:
@@ -228,6 +259,8 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             patience = cfg.eval.early_stopping.patience
             improved = bool(patience) and st.best_step == step  # keep the best as `best` when early stopping
             early_stop = bool(patience) and st.evals_without_improvement >= patience
+        if cfg.eval.tasks and (step % cfg.eval.tasks_every == 0 or step == t.steps):
+            run_tasks(s)
         if early_stop or improved or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             save(s)
             saved_at = step

@@ -34,6 +34,7 @@ from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
+from gpt.trainer.tensorboard import TensorBoardSink
 
 logger = log.get("train")
 
@@ -107,12 +108,18 @@ def pretrain(cfg: TrainingConfig) -> int:
     check_precision(cfg.device, cfg.train.precision)  # what this machine's kernels allow
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     check_memory(cfg, shape, layout)
+    tasks = None
+    if cfg.eval.tasks:  # unknown task names fail here, before any process group
+        from gpt.generation.harness import task_manager
+
+        tasks = task_manager(cfg.eval.tasks, cfg.eval.tasks_path)
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
     lock = None
     try:
         lock = run_lock.acquire(cfg.run.dir, ctx)  # one live job per run.dir, before anything is written there
         session = open_session(cfg, ctx, shape)
+        session.task_manager = tasks
         try:
             train(session, stop)
         finally:
@@ -223,6 +230,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
     session.state.wandb_id = session.wandb.run_id or session.state.wandb_id
+    session.tensorboard = TensorBoardSink(run_dir, enabled=writes and cfg.logging.tensorboard,
+                                          resume_step=session.state.step, flush_every=cfg.logging.every)
     return session
 
 
