@@ -12,16 +12,8 @@ import torch
 from safetensors import safe_open
 
 from gpt.checkpoint import format as fmt
+from gpt.data.tokenizer import LOCATION_KEYS
 from gpt.errors import CheckpointError
-
-# Model fields that change the meaning or shape of the weights; everything else may differ on resume.
-ARCHITECTURE = ("n_layer", "n_head", "n_kv_head", "n_embd", "ffn_hidden", "vocab_multiple", "bias", "norm",
-                "activation", "position", "tie_embeddings", "rope_theta", "rope_scaling", "rope_factor",
-                "rope_original_max_seq_len", "rope_low_freq_factor", "rope_high_freq_factor")
-# What a checkpoint saved before a key existed meant by it.
-ARCHITECTURE_DEFAULTS = {"rope_scaling": "none", "rope_factor": 1.0, "rope_original_max_seq_len": None,
-                         "rope_low_freq_factor": 1.0, "rope_high_freq_factor": 4.0}
-
 
 def tp_slice(full: torch.Tensor, dim: int | None, tp_rank: int, tp_size: int) -> torch.Tensor:
     """Tensor rank `tp_rank`'s contiguous share of `full` along `dim` (None: replicated, the whole)."""
@@ -70,7 +62,12 @@ class TensorReader:
         if name not in self._open:
             path = self.ckpt / name
             try:
+                fmt.member(self.ckpt, name)  # inside the checkpoint, a regular file (a FIFO would block)
                 self._open[name] = safe_open(str(path), framework="pt")
+            except CheckpointError:
+                raise
+            except FileNotFoundError:
+                raise CheckpointError(f"{path} is missing; the checkpoint is incomplete ({fmt.FALLBACK_HINT})") from None
             except Exception as e:  # safetensors raises its own error types for bad headers
                 raise CheckpointError(f"{path} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                                       f"use checkpoint.fallback=true to resume from the previous one") from None
@@ -128,22 +125,13 @@ class TensorReader:
         return f.get_tensor(key) if key in f.keys() else None
 
 
-def check_architecture(meta: dict, model_cfg: dict, ckpt: Path) -> None:
-    saved = meta["config"]["model"]
-    for key in ARCHITECTURE:
-        was, now = saved.get(key, ARCHITECTURE_DEFAULTS.get(key)), model_cfg.get(key, ARCHITECTURE_DEFAULTS.get(key))
-        if was != now:
-            raise CheckpointError(f"{ckpt} was trained with model.{key}={was}, the config says "
-                                  f"model.{key}={now}; use the same model or a new run.dir")
-
-
 def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
     """The shards' tokenizer must be the one the checkpoint was trained with (same ids for the same text)."""
     saved = meta.get("tokenizer")
     if saved is None:
         return
     ours = tokenizer.to_dict()
-    keys = (saved.keys() & ours.keys()) - {"source", "file"}
+    keys = (saved.keys() & ours.keys()) - set(LOCATION_KEYS)
     diff = sorted(k for k in keys if saved[k] != ours[k])
     if diff:
         raise CheckpointError(f"{ckpt} was trained with tokenizer {saved}, but the shards in {data_path} use "

@@ -9,6 +9,8 @@ field is its documentation.
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from gpt.config.text import text
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -58,7 +60,7 @@ class ModelConfig:
     """Share the input embedding with the output head."""
     init_std: float = 0.02
     """Std of the normal init; residual output projections use init_std/sqrt(2*n_layer)."""
-    init_from: Optional[str] = None
+    init_from: Optional[str] = text()
     """Start from these weights: a local Hugging Face directory (GPT-2 or Llama). Its config.json sets the architecture keys; its tokenizer must match the data's."""
 
 
@@ -102,9 +104,9 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    path: Optional[str] = "data/stdlib"
+    path: Optional[str] = text("data/stdlib")
     """Directory of token shards written by gpt-preprocess."""
-    val_path: Optional[str] = None
+    val_path: Optional[str] = text()
     """Separate validation shards; null holds out data.val_fraction of the documents of data.path."""
     val_fraction: float = 0.01
     """Fraction of documents held out for validation (at least one document) when val_path is null."""
@@ -112,6 +114,8 @@ class DataConfig:
     """Weighted mixture [[weight, path], ...] used instead of data.path."""
     verify: bool = False
     """Check every shard's sha256 at start-up (reads the whole corpus once); size, schema, version and counts are always checked."""
+    allow_changed: bool = False
+    """Resume even though the token shards differ from those the checkpoint was trained on (their metadata.json checksums); training continues at the same sample position of the new data."""
 
 
 @dataclass(kw_only=True)
@@ -132,6 +136,8 @@ class TrainConfig:
     """fp32 | bf16 | fp16 (mixed precision keeps fp32 master weights)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward to save memory."""
+    check_memory: bool = True
+    """Refuse to start when the estimated memory of the busiest rank (weights, gradients, optimizer state and a floor of the activations) exceeds what its device has free (GPU memory; on CPU the available RAM shared by the node's ranks); false starts anyway."""
     max_bad_steps: int = 5
     """Steps with a non-finite loss or gradient are skipped (no update); after this many in a row the run saves and stops (0: never stop)."""
     peak_flops: Optional[float] = None
@@ -154,6 +160,16 @@ class EvalConfig:
     """Global batches of validation data per evaluation (the same ones every time)."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     """Stop when validation loss stops improving; the best checkpoint is kept as `best`."""
+    tasks: List[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks (e.g. [hellaswag,arc_easy], or task YAML files) to run on the training model every eval.tasks_every steps; metrics as <task>/<metric> records."""
+    tasks_every: int = 1000
+    """Run eval.tasks every this many steps (and at the last step)."""
+    tasks_limit: Optional[float] = None
+    """Examples per task (a fraction when below 1); null runs every example."""
+    tasks_path: Optional[str] = None
+    """A directory of lm-eval task YAML files, searched before lm-eval's built-in tasks (your own tasks, or local copies for offline clusters)."""
+    tasks_num_fewshot: Optional[int] = None
+    """Few-shot examples per prompt; null uses each task's default."""
 
 
 @dataclass(kw_only=True)
@@ -183,14 +199,16 @@ class WandbConfig:
 @dataclass(kw_only=True)
 class LoggingConfig:
     every: int = 10
-    """Print a progress line (loss, tokens/s, ETA) every this many steps."""
+    """Print a progress line (loss, tokens/s, ETA) every this many steps (TensorBoard is flushed as often)."""
+    tensorboard: bool = True
+    """Write every metrics record as TensorBoard scalars under run.dir/tensorboard (`tensorboard --logdir runs`)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
 
 
 @dataclass(kw_only=True)
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = text("runs/default")
     """Everything of this run lives here: metrics.jsonl, checkpoints/, config.yaml, logs. Re-running with the same dir resumes."""
 
 

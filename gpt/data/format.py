@@ -12,6 +12,7 @@ directories still open (the loader then reads every shard's list offsets at star
 token ids as it reads them).
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -188,3 +189,13 @@ def _plain_name(name) -> bool:
     """A file name inside the directory: no separators, no '..', nothing hidden."""
     return isinstance(name, str) and bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
 
+
+def fingerprint(meta: dict) -> str:
+    """A digest of what a shard directory holds, from its metadata.json alone (no shard is read):
+    the tokenizer (what defines it, not where its file was), the dtype and every shard's name,
+    counts, size and sha256. Shards rewritten by gpt-preprocess change it."""
+    from gpt.data.tokenizer import identity
+
+    shards = [{k: s.get(k) for k in ("file", "documents", "tokens", "bytes", "sha256")} for s in meta["shards"]]
+    body = {"tokenizer": identity(meta["tokenizer"]), "dtype": meta["dtype"], "shards": shards}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -55,13 +55,6 @@ class BatchLoader:
         return self.sources[0].shards.vocab_size
 
     @property
-    def fingerprint(self) -> str:
-        """sha256 over the shard checksums (from metadata.json) of every component, in blend order."""
-        import hashlib
-
-        return hashlib.sha256(" ".join(s.shards.fingerprint for s in self.sources).encode()).hexdigest()
-
-    @property
     def eod_id(self) -> int:
         return self.sources[0].shards.eod_id
 

@@ -8,6 +8,7 @@ into place when complete (metadata.json last). For many nodes (`slurm/preprocess
 
 import os
 from pathlib import Path
+from typing import List
 
 from gpt import log
 from gpt.config.commands import PreprocessConfig
@@ -18,6 +19,7 @@ from gpt.data.pipeline import build_tokenizer, check_documents, encode_units, re
 from gpt.data.tokenizer import KINDS
 from gpt.data.writer import ShardWriter, atomic_output, check_output, finish_directory
 from gpt.errors import ConfigError, DataError
+from gpt.paths import refuse_overlap
 
 _log = log.get("data.preprocess")
 STAGES = ("all", "tokenizer", "encode", "merge")
@@ -28,7 +30,8 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _check_options(cfg)
     output = Path(os.path.expanduser(cfg.output))
     check_output(output, cfg.overwrite)  # before any work, not only when renaming
-    _check_not_an_input(output, cfg.input)
+    # The output replaces its directory (overwrite=true) or joins the next run's input: never an input.
+    refuse_overlap(output, _input_paths(cfg), input_key="input", error=ConfigError)
     if cfg.format == "sft":
         from gpt.data.sft import preprocess_sft
 
@@ -66,6 +69,25 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     return meta
 
 
+def _input_paths(cfg: PreprocessConfig) -> List[str]:
+    """What input= (and an hf tokenizer.path) name on disk: paths, the matches of globs, the stdlib directory."""
+    import glob
+    import sysconfig
+
+    specs = cfg.input if isinstance(cfg.input, (list, tuple)) else [cfg.input]
+    found: List[str] = []
+    for spec in (str(s) for s in specs if s not in (None, "")):
+        if spec == "stdlib":
+            found.append(sysconfig.get_paths()["stdlib"])
+        elif any(c in spec for c in "*?["):
+            found.extend(glob.glob(os.path.expanduser(spec), recursive=True))
+        else:
+            found.append(spec)
+    if cfg.tokenizer.kind == "hf" and cfg.tokenizer.path:
+        found.append(str(cfg.tokenizer.path))
+    return found
+
+
 def _check_options(cfg: PreprocessConfig) -> None:
     def one_of(key, value, options):
         if value not in options:
@@ -93,14 +115,3 @@ def _check_options(cfg: PreprocessConfig) -> None:
         raise ConfigError(f"format=sft runs in one process: stage={cfg.stage} is for format=pretrain")
     if cfg.stage == "tokenizer" and cfg.tokenizer.kind != "bpe":
         raise ConfigError(f"stage=tokenizer trains tokenizer.kind=bpe; tokenizer.kind={cfg.tokenizer.kind} needs no training")
-
-
-def _check_not_an_input(output: Path, spec) -> None:
-    """Refuse an output that is, contains or lies inside an input (overwrite=true would delete the input)."""
-    out = output.resolve()
-    for s in (spec if isinstance(spec, (list, tuple)) else [spec]):
-        if str(s) == "stdlib" or any(c in str(s) for c in "*?["):
-            continue
-        p = Path(os.path.expanduser(str(s))).resolve()
-        if p == out or out in p.parents or (p.is_dir() and p in out.parents):
-            raise DataError(f"output={output} is, contains or lies inside input={s}; write the shards somewhere else")

@@ -13,7 +13,6 @@ Version 1 directories (no index, no recorded max token id) are read by opening e
 start-up to count its documents' tokens; every read checks token ids against the vocabulary.
 """
 
-import hashlib
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -204,12 +203,6 @@ class ShardSet:
                                 f"(truncated or modified); {FIX}")
             if verify and file_sha256(path, fsync=False) != entry["sha256"]:
                 raise DataError(f"{path}: sha256 does not match metadata.json (the shard is corrupt); {FIX}")
-        digest = hashlib.sha256()
-        for entry in entries:
-            digest.update(f"{entry['file']} {entry['sha256']}\n".encode())
-        self.fingerprint = digest.hexdigest()
-        """Identifies the data: a sha256 over every shard's name and sha256 in metadata.json (what a resume
-        may compare to refuse shards rewritten since the checkpoint)."""
         del entries
         if verify:
             for i in range(len(self.shard_files)):
