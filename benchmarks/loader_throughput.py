@@ -166,26 +166,28 @@ def write_set(directory: Path, tokens: int) -> dict:
 
 
 def hard_linked_set(directory: Path, source: Path, total: float) -> dict:
-    """A set of `total` tokens whose shards are hard links to the first 4 shards of `source` (a real set)."""
+    """A set of `total` tokens whose shards are hard links to the first 4 shards of `source` (a real set;
+    fewer if it has fewer)."""
     from gpt.data.format import INDEX_FILE, METADATA_FILE, coarsen, documents_per_chunk, read_index, write_index
     from gpt.data.writer import file_sha256
 
     meta = json.loads((source / METADATA_FILE).read_text())
     real = meta["shards"][:4]
+    r = len(real)
     index = read_index(source, meta)
     g0 = meta["index"]["documents_per_chunk"]
     bounds = np.concatenate([[0], np.cumsum([-(-s["documents"] // g0) for s in meta["shards"]])])
     n = int(total // np.mean([s["tokens"] for s in real]))
-    docs = sum(real[i % 4]["documents"] for i in range(n))
+    docs = sum(real[i % r]["documents"] for i in range(n))
     g = documents_per_chunk(docs)
-    per_shard = [coarsen(index[bounds[i]:bounds[i + 1]], g // g0) for i in range(4)]
+    per_shard = [coarsen(index[bounds[i]:bounds[i + 1]], g // g0) for i in range(r)]
     directory.mkdir()
     shards = []
     for i in range(n):
         name = f"shard-{i:06d}.arrow"
-        os.link(source / real[i % 4]["file"], directory / name)
-        shards.append({**real[i % 4], "file": name})
-    chunks = np.concatenate([per_shard[i % 4] for i in range(n)])
+        os.link(source / real[i % r]["file"], directory / name)
+        shards.append({**real[i % r], "file": name})
+    chunks = np.concatenate([per_shard[i % r] for i in range(n)])
     write_index(directory / INDEX_FILE, chunks)
     meta.update(num_documents=sum(s["documents"] for s in shards), num_tokens=sum(s["tokens"] for s in shards),
                 shards=shards, index={"file": INDEX_FILE, "documents_per_chunk": g, "chunks": len(chunks),
