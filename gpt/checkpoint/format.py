@@ -1,21 +1,27 @@
-"""On-disk checkpoint format, version 1: layout-free, sharded, safetensors only.
+"""On-disk checkpoint format, version 2: layout-free, sharded, safetensors only.
 
     <run.dir>/checkpoints/
       latest                      text: name of the newest complete checkpoint (written last)
       best                        text (optional, written by fine-tuning): a checkpoint pruning never deletes
       step_00000012/
         meta.json                 format, version, step, trainer state, resolved config, layout it
-                                  was written with, tokenizer, code version, files (bytes + sha256),
-                                  tensor index
-        rank-00000.safetensors    one file per rank: the tensors this rank was assigned, plus its RNG
+                                  was written with, tokenizer, code version, fp16 loss scale, files
+                                  (bytes + sha256), tensor index
+        rank-00000.safetensors    one file per rank: the fragments of tensors this rank held, plus its RNG
         tokenizer.json            when the tokenizer needs files
       .tmp-step_00000016/         a save in progress (or one that was interrupted): never loaded
 
-Each parameter is stored under its one-process name (e.g. `blocks.3.attn.qkv.weight`) as the
-tensor-parallel slices it had when saved, in fp32, with its Adam moments beside it
-(`<name>#exp_avg`, `<name>#exp_avg_sq`). The index in meta.json says, for every name, its full shape,
-the dimension its slices split along and which file holds each slice — enough to rebuild any slice
+Each parameter is stored under its one-process name (e.g. `blocks.3.attn.qkv.weight`) in fp32, with
+its Adam moments beside it (`<name>#exp_avg`, `<name>#exp_avg_sq`), as *pieces* (the
+tensor-parallel slices it had when saved, once per tensor group) made of *fragments*: flat ranges
+[start, start + numel) of a piece (row-major), each a 1-D tensor in the file of the rank that held
+it (its ZeRO partition; without ZeRO, the data ranks of a replica split the writing). The index in
+meta.json says, for every name, its full shape, the dimension its slices split along, and for every
+piece its shape and fragments (file, start, numel) — enough to rebuild any flat range of any slice
 for any other layout. Nothing is pickled: loading a checkpoint cannot run code.
+
+Version 1 (one whole piece per tensor, no fragments) is still read: `read_meta` turns its index
+into version 2's form.
 
 A directory only gets its `step_*` name once every rank's file and meta.json are on disk, so an
 interrupted save is never picked up; a damaged one is caught by the sizes and sha256 sums recorded in
@@ -31,13 +37,15 @@ from pathlib import Path
 from gpt.errors import CheckpointError
 
 FORMAT = "gpt-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META = "meta.json"
 LATEST = "latest"
 BEST = "best"
 POINTERS = (LATEST, BEST)
 MOMENTS = ("exp_avg", "exp_avg_sq")
 RNG_CPU, RNG_CUDA = "__rng__.cpu", "__rng__.cuda"
+RNG_TENSOR_PARALLEL = "__rng__.tensor_parallel"  # the tensor-parallel dropout stream (gpt/parallel/rng.py)
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _HASH_CHUNK = 16 << 20
@@ -170,12 +178,32 @@ def read_meta(ckpt: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path} is not a gpt checkpoint (format={found!r})")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{path} has format version {meta.get('version')}; this gpt reads version {VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} has format version {meta.get('version')}; this gpt reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))} (a newer gpt wrote it: upgrade gpt to load it)")
     for key in ("step", "files", "tensors", "config", "layout"):
         if key not in meta:
             raise CheckpointError(f"{path} has no {key!r} entry: the file is corrupt")
+    if meta["version"] == 1:
+        upgrade_index(meta)
     return meta
+
+
+def upgrade_index(meta: dict) -> None:
+    """Version 1's pieces (one whole tensor-parallel slice in one file) as version 2's: one fragment
+    covering the piece, marked `shaped` (stored with its shape, not flat)."""
+    for entry in meta["tensors"].values():
+        for piece in entry["pieces"]:
+            if "fragments" not in piece:
+                piece["fragments"] = [{"file": piece.pop("file"), "start": 0, "numel": numel(piece["shape"]),
+                                       "shaped": True}]
+
+
+def numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 def verify_file(ckpt: Path, name: str, record: dict, *, hashes: bool = True) -> None:

@@ -69,6 +69,7 @@ class Attention(nn.Module):
         self.rotary = Rotary(self.hd, cfg.max_seq_len, cfg.rope_theta) if cfg.position == "rope" else None
         self.dropout = cfg.dropout
         self.drop = nn.Dropout(cfg.dropout)
+        self.split_heads_rng = slots.tensor_parallel_region  # this rank's heads: its own dropout masks
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         b, t, _ = x.shape
@@ -85,9 +86,10 @@ class Attention(nn.Module):
         mask, causal = None, start == 0 and t > 1
         if start > 0 and t > 1:  # a chunk after cached tokens: causal within the chunk
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.nkv != self.nh)  # (b, nh, t, hd)
+        with self.split_heads_rng():
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                               dropout_p=self.dropout if self.training else 0.0,
+                                               enable_gqa=self.nkv != self.nh)  # (b, nh, t, hd)
         y = y.transpose(1, 2).reshape(b, t, self.nh * self.hd)
         return self.drop(self.proj(y)[0])
 
@@ -169,6 +171,7 @@ class GPT(nn.Module):
         self.norm = Norm(cfg)
         self.output = Output(cfg, slots, init(n + 2), vocab)
         self.activation_checkpointing = False
+        self.recompute = slots.recompute
 
     def forward(self, idx: torch.Tensor, caches=None) -> torch.Tensor:
         """Token ids (b, t) -> vocab-parallel logits (b, t, v/p)."""
@@ -176,7 +179,7 @@ class GPT(nn.Module):
         x = self.embedding(idx, start)
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = self.recompute(block, x)
             else:
                 x = block(x, caches[i] if caches else None)
         return self.output(self.norm(x), self.embedding.wte.weight if self.cfg.tie_embeddings else None)

@@ -10,10 +10,12 @@ Weight init uses one generator per layer, seeded by (train.seed, layer index), a
 split — starts from the same weights as one process.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
@@ -38,10 +40,12 @@ class LayerInit:
 
 @dataclass
 class Slots:
-    """Factory for the parallel layers of one model (holds the tensor group and megatron config)."""
+    """Factory for the parallel layers of one model (holds the tensor group and megatron config), and
+    how random numbers are drawn in it (`rng`: a gpt.parallel.rng.RNGTracker, None for eval-only models)."""
 
     tp_size: int
     tp_group: object = None
+    rng: object = None
 
     def __post_init__(self):
         self.config = ModelParallelConfig(tensor_model_parallel_size=self.tp_size, use_cpu_initialization=True,
@@ -60,3 +64,13 @@ class Slots:
     def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> VocabParallelEmbedding:
         """Rows of the token table split over the tensor group; lookups all-reduced."""
         return VocabParallelEmbedding(n_vocab, n_embd, init_method=init, config=self.config, tp_group=self.tp_group)
+
+    def tensor_parallel_region(self):
+        """Context for random ops on split activations: they draw from the tensor-parallel stream
+        (different on every tensor rank); outside it, from the stream all tensor ranks share."""
+        return self.rng.fork() if self.rng is not None else contextlib.nullcontext()
+
+    def recompute(self, fn, *args):
+        """fn(*args), its activations recomputed in backward, with the same dropout masks in both streams."""
+        context_fn = self.rng.recompute_contexts if self.rng is not None else torch.utils.checkpoint.noop_context_fn
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn)

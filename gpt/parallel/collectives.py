@@ -148,6 +148,14 @@ def broadcast_object(obj: Any, src: int = 0, group=None) -> Any:
     return box[0]
 
 
+def new_cpu_group():
+    """A new group of all ranks on gloo (None in a world of one), for a thread that communicates
+    while the training thread uses its own groups (a checkpoint writer): collective to create."""
+    if world_size() == 1:
+        return None
+    return dist.new_group(backend="gloo")
+
+
 def barrier(group=None) -> None:
     if world_size(group) > 1:
         dist.barrier(group=group, device_ids=[torch.cuda.current_device()] if device(group).type == "cuda" else None)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gpt import log
 from gpt.checkpoint import format as ckpt_format
-from gpt.checkpoint.save import save as save_checkpoint
+from gpt.checkpoint.save import Checkpointer
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import TrainEngine
@@ -14,6 +14,7 @@ from gpt.engine.optim import lr_at
 from gpt.errors import TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.progress import Progress
+from gpt.trainer.replicas import check_replicas
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
 
@@ -33,6 +34,7 @@ class Session:
     state: TrainerState
     metrics: MetricsLog
     wandb: WandbSink
+    checkpointer: Checkpointer | None = None  # writes checkpoints (asynchronously by default)
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
 
@@ -41,6 +43,7 @@ class Session:
         return self.engine.ctx
 
     def close(self) -> None:
+        self.checkpointer.close()  # a save in flight is finished first
         self.metrics.close()
         self.wandb.finish()
 
@@ -52,11 +55,14 @@ def evaluate(s: Session) -> float:
     return sum(losses) / len(losses)
 
 
-def save(s: Session) -> None:
-    best = s.state.best_step
-    save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
-                    keep=(ckpt_format.step_dir_name(best),) if best else (), sft_template=s.train_data.sft_template)
+def save(s: Session, *, best: bool = False) -> None:
+    """Start saving this step (returns while the files are written; see Checkpointer); `best`: point
+    `best` at it once it is complete."""
+    kept = s.state.best_step
+    s.checkpointer.save(step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
+                        tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                        keep=(ckpt_format.step_dir_name(kept),) if kept else (), sft_template=s.train_data.sft_template,
+                        best=best)
 
 
 def materialize_optimizer_state(s: Session) -> None:
@@ -118,6 +124,8 @@ def train_step(s: Session) -> dict:
               "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps,
               "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
     _record(s, record)
+    if t.check_replicas_every and step % t.check_replicas_every == 0:
+        check_replicas(s.engine, step)
     if bad and s.ctx.is_logging_rank:
         logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
                        step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
@@ -139,6 +147,7 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         stopping, diverged = stop.agreed_with(s.ctx.device, diverged)
         if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
+            s.checkpointer.wait()  # the process exits next: the checkpoint must be complete first
             if diverged:
                 raise TrainingError(
                     f"the loss was not finite for {st.bad_steps_in_row} steps in a row (steps "
@@ -154,14 +163,13 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             improved = bool(patience) and st.best_step == step  # keep the best as `best` when early stopping
             early_stop = bool(patience) and st.evals_without_improvement >= patience
         if early_stop or improved or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save(s)
+            save(s, best=improved)
             saved_at = step
-            if improved and s.ctx.is_logging_rank:
-                ckpt_format.write_pointer(cfg.run.dir, ckpt_format.BEST, step)
         if early_stop:
             logger.info("early stopping after step %d: no improvement over val loss %.4f (step %d) for %d evaluations",
                         step, st.best_val_loss, st.best_step, st.evals_without_improvement)
             break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
+    s.checkpointer.wait()  # the run ends with its last checkpoint complete
     return st

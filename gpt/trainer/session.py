@@ -3,7 +3,6 @@
 import os
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
 from gpt import log
@@ -12,6 +11,7 @@ from gpt.checkpoint.load import load as load_checkpoint
 from gpt.checkpoint.load import load_weights
 from gpt.checkpoint.load import select as select_checkpoint
 from gpt.checkpoint.reader import check_architecture, check_tokenizer
+from gpt.checkpoint.save import Checkpointer
 from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
@@ -119,7 +119,6 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     """Data, engine, resume from run.dir's latest checkpoint, metrics: everything the loop needs."""
     log.setup(ctx.rank)
     run_dir = Path(cfg.run.dir)
-    torch.manual_seed(cfg.train.seed + 100 * ctx.pp_rank)  # dropout; tensor ranks share it
     train_data, val_data = build_loaders(cfg.data, seq_len=cfg.train.seq_len,
                                          global_batch_size=cfg.train.global_batch_size,
                                          micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank,
@@ -127,7 +126,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     tokenizer = load_tokenizer(data_dir(cfg))
     engine = build_engine(cfg, ctx, shape)
     cdict = config_dict(cfg)
-    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(), None, None)
+    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(), None, None,
+                      checkpointer=Checkpointer(engine, asynchronous=cfg.checkpoint.async_save))
 
     resume(session, shape)
     writes = ctx.is_logging_rank and log_to_run_dir
@@ -137,11 +137,23 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
         _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts)
+        if deepspeed_zero_stage(cfg) == 3:
+            _report_zero3(engine)
     session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
     session.state.wandb_id = session.wandb.run_id or session.state.wandb_id
     return session
+
+
+def _report_zero3(engine) -> None:
+    """How many parameters ZeRO-3 really partitions: those below its persistence threshold stay whole."""
+    params = [p for _, p in engine.named_parameters()]
+    whole = sum(bool(getattr(p, "ds_persist", False)) for p in params)
+    threshold = engine.cfg.deepspeed.get("zero_optimization", {}).get("stage3_param_persistence_threshold", "1e5 (DeepSpeed's default)")
+    logger.info("ZeRO-3: %d of %d parameter tensors partitioned over the data ranks, %d kept whole on every rank "
+                "(at most deepspeed.zero_optimization.stage3_param_persistence_threshold=%s elements)",
+                len(params) - whole, len(params), whole, threshold)
 
 
 def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str, counts) -> None:

@@ -27,7 +27,9 @@ LAYOUTS = {
     "tp2": ["parallel=tp2"],  # tensor 2 (ZeRO-1 over a data group of 1)
     "pp2": ["parallel=pp2"],  # two pipeline stages, ZeRO-1
     "dp2_zero1": ["parallel=zero1"],
-    "dp2_zero3": ["parallel=zero3"],
+    # Threshold 0: DeepSpeed keeps every parameter below 1e5 elements (all of the tiny model's) whole
+    # on every rank otherwise, and nothing would be partitioned.
+    "dp2_zero3": ["parallel=zero3", "+deepspeed.zero_optimization.stage3_param_persistence_threshold=0"],
     "single": [],
 }
 

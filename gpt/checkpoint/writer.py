@@ -1,0 +1,53 @@
+"""Writing one safetensors file in one pass: the bytes go to disk and into its sha256 together.
+
+The layout is safetensors' own (an 8-byte little-endian header length, a JSON header of dtype,
+shape and byte offsets per tensor, then the raw bytes; `safetensors.safe_open` reads it), written
+here rather than by `safetensors.torch.save_file` so that the sha256 recorded in meta.json is
+computed from the bytes in memory as they are written, instead of by reading the file back. Both
+the hashing and the writing release the GIL, so a writer thread costs the training thread little.
+"""
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import torch
+
+from gpt.checkpoint import format as fmt
+
+DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+          torch.bool: "BOOL"}
+_CHUNK = 64 << 20
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict:
+    """Write `tensors` (contiguous, on the CPU) durably to `path`; returns meta.json's record of it
+    (bytes, sha256)."""
+    order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable; keeps every tensor aligned
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for key in order:
+        t = tensors[key]
+        n = t.numel() * t.element_size()
+        header[key] = {"dtype": DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    digest = hashlib.sha256()
+    with open(path, "wb") as f:
+        for chunk in (struct.pack("<Q", len(head)), head):
+            digest.update(chunk)
+            f.write(chunk)
+        for key in order:
+            data = memoryview(tensors[key].reshape(-1).view(torch.uint8).numpy())
+            for start in range(0, len(data), _CHUNK):
+                chunk = data[start:start + _CHUNK]
+                digest.update(chunk)
+                f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    fmt.make_readable(path)
+    return {"bytes": 8 + len(head) + offset, "sha256": digest.hexdigest()}
