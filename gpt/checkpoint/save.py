@@ -282,8 +282,9 @@ class Checkpointer:
         except OSError as e:
             problem = f"rank {ctx.rank} could not write {tmp / fmt.rank_file(ctx.rank)}: {e}"
         del tensors
-        gathered = collectives.all_gather_object((ctx.rank, record, fragments, problem), group=group)
-        problem = next((g[3] for g in gathered if g[3]), None)
+        gathered = collectives.gather_object((ctx.rank, record, fragments, problem), dst=0, group=group)
+        if ctx.rank == 0:
+            problem = next((g[3] for g in gathered if g[3]), None)
         if ctx.rank == 0 and problem is None:
             try:
                 files, merged = merge_index([g[:3] for g in gathered])

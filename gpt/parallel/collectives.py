@@ -139,6 +139,16 @@ def all_gather_object(obj: Any, group=None) -> list:
     return out
 
 
+def gather_object(obj: Any, dst: int = 0, group=None) -> list | None:
+    """Every rank's picklable `obj` on global rank `dst`, in rank order (None elsewhere)."""
+    n = world_size(group)
+    if n == 1:
+        return [obj]
+    out = [None] * n if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst, group=group)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0, group=None) -> Any:
     """Rank `src`'s picklable `obj` on every rank."""
     if world_size(group) == 1:

@@ -1,0 +1,89 @@
+"""Asynchronous saves: the same checkpoint as a synchronous save, and a process killed while one is
+being written leaves nothing that `latest` names or that loads."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from helpers import REPO, env_for_subprocess, read_metrics, run_module, tiny_overrides
+
+from gpt.checkpoint import format as fmt
+from gpt.checkpoint.reader import TensorReader, full_state_dict
+
+
+def _moments(ckpt: Path) -> dict:
+    meta = fmt.read_meta(ckpt)
+    reader = TensorReader(ckpt, meta)
+    return {(n, m): reader.read(n, dim=None, tp_rank=0, tp_size=1, key=fmt.moment_key(n, m))
+            for n, e in meta["tensors"].items() for m in e["moments"]}
+
+
+def test_async_and_sync_saves_write_the_same_checkpoint(shards, tmp_path):
+    """Every step saved (each save waits for the one in flight): the same tensors, index and RNG state
+    as synchronous saves, and training that is unchanged by either."""
+    runs = {}
+    for mode in ("true", "false"):
+        run = tmp_path / f"async_{mode}"
+        run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=4", "eval.every=0", "checkpoint.every=1",
+                                                  "checkpoint.keep_last=0", f"checkpoint.async_save={mode}"), check=True)
+        runs[mode] = run
+    a, b = (fmt.checkpoints_dir(runs[m]) for m in ("true", "false"))
+    assert [p.name for p in fmt.complete_checkpoints(a)] == [f"step_{s:08d}" for s in (1, 2, 3, 4)]
+    for step in ("step_00000002", "step_00000004"):
+        ma, mb = fmt.validate(a / step), fmt.validate(b / step)
+        assert ma["tensors"] == mb["tensors"] and ma["version"] == fmt.VERSION
+        sa, sb = full_state_dict(a / step), full_state_dict(b / step)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+        oa, ob = _moments(a / step), _moments(b / step)
+        assert oa.keys() == ob.keys() and len(oa) == 2 * len(sa) and all(torch.equal(oa[k], ob[k]) for k in oa)
+        ra, rb = TensorReader(a / step, ma), TensorReader(b / step, mb)
+        for key in (fmt.RNG_CPU, fmt.RNG_TENSOR_PARALLEL):
+            assert torch.equal(ra.rank_tensor(0, key), rb.rank_tensor(0, key)), key
+    trained = [[(r["step"], r["loss"], r["grad_norm"]) for r in read_metrics(runs[m])[0]] for m in ("true", "false")]
+    assert trained[0] == trained[1] and len(trained[0]) == 4
+
+
+def _kill_during_a_save(cmd: list[str], env: dict, root: Path, timeout: float = 300) -> Path:
+    """Run `cmd` until a save is being written while an earlier checkpoint is complete, freeze the
+    process there (SIGSTOP, so what we look at is what the kill leaves), then SIGKILL it.
+    Returns the temporary directory of the interrupted save."""
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            tmps = [p for p in root.glob(f"{fmt.TMP_PREFIX}step_*") if any(p.glob("rank-*"))] if root.is_dir() else []
+            if tmps and fmt.read_pointer(root, fmt.LATEST):
+                os.kill(proc.pid, signal.SIGSTOP)
+                if tmps[0].is_dir() and not (tmps[0] / fmt.META).exists():  # still being written: kill it here
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return tmps[0]
+                os.kill(proc.pid, signal.SIGCONT)  # it finished in between: catch the next one
+            time.sleep(0.002)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    raise AssertionError(f"no save was caught in flight (exit {proc.returncode}): {proc.stderr.read()[-3000:]}")
+
+
+def test_a_kill_during_an_async_save_leaves_nothing_that_loads(shards, tmp_path):
+    """A wider model (about 3.4M parameters: 41 MB a checkpoint) gives each save a window of a few
+    tenths of a second to be killed in; the next run resumes from the last complete checkpoint."""
+    run = tmp_path / "run"
+    args = tiny_overrides(shards, run, "model.n_embd=256", "model.n_layer=4", "train.steps=40", "eval.every=0",
+                          "checkpoint.every=2", "checkpoint.keep_last=0")
+    root = fmt.checkpoints_dir(run)
+    partial = _kill_during_a_save([sys.executable, "-m", "gpt.pretrain", *args], env_for_subprocess(), root)
+    latest = fmt.read_pointer(root, fmt.LATEST)
+    assert partial.is_dir() and latest and fmt.step_of(partial.with_name(partial.name[len(fmt.TMP_PREFIX):])) > \
+        fmt.step_of(root / latest)
+    assert fmt.resolve(run) == root / latest  # validated: sizes and sha256 of every file
+    assert all(c.name != partial.name for c in fmt.candidates(run))
+    resumed = run_module("gpt.pretrain", [*args, "train.steps=" + str(fmt.step_of(root / latest) + 2)], check=True)
+    assert f"resumed from {root / latest}" in resumed.stderr
+    assert not partial.exists() and fmt.read_pointer(root, fmt.LATEST) == fmt.step_dir_name(fmt.step_of(root / latest) + 2)
