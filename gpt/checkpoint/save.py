@@ -7,14 +7,18 @@ holds; a parameter replicated over the tensor group by one tensor rank only (spr
 No rank gathers anything it does not hold: the files are fragments, and meta.json's index says
 how they tile every tensor (gpt/checkpoint/format.py).
 
-A `Checkpointer` saves asynchronously: the training thread only copies this rank's share into
-host memory (device-to-host first; the buffers are kept for the next save) and training goes on
-while a writer thread writes, hashes and fsyncs the file, then the ranks' writer threads exchange
-their file records over a process group of their own (gloo) and rank 0 writes meta.json, renames
-the directory and moves `latest`. At most one save is in flight: the next one, a signal stop and
-the end of the run wait for it. A process killed mid-write leaves only a `.tmp-` directory.
+A `Checkpointer` saves asynchronously, as torch.distributed.checkpoint's async_save with async
+staging does: a writer thread first copies this rank's share into host memory (device-to-host on a
+side stream; the buffers are kept for the next save) while training goes on with the next step's
+forward and backward, which read but never change that state; the next optimizer step waits until
+the copy is complete (a step pre-hook on the optimizer). Then the thread writes, hashes and fsyncs
+the file, the ranks' writer threads hand their records to rank 0 over a process group of their own
+(gloo), and rank 0 writes meta.json, renames the directory and moves `latest`. At most one save is
+in flight: the next one, a signal stop and the end of the run wait for it. A process killed
+mid-write leaves only a `.tmp-` directory.
 """
 
+import contextlib
 import functools
 import json
 import os
@@ -138,7 +142,12 @@ class Checkpointer:
         self._group = None  # the writer threads' own process group (async only)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
-        self.last_stall_s = 0.0  # what the last save() cost the training thread
+        self._staged = threading.Event()  # set once this save's host copy is complete
+        self._staged.set()
+        self._hook = None  # the optimizer step pre-hook that waits for it
+        self._hook_wait_s = 0.0
+        self._call_s = 0.0
+        self.last_stall_s = 0.0  # what the last save cost the training thread (save() + waiting for the copy)
         self.last_total_s = 0.0  # from save() until its checkpoint was published
 
     # ---- the training thread's part ------------------------------------------------------------
@@ -152,9 +161,13 @@ class Checkpointer:
         ctx = self.engine.ctx
         if self.asynchronous and self._group is None:
             self._group = collectives.new_cpu_group()  # collective: every rank saves at the same step
+            self._hook = zero_state.base_optimizer(self.engine.optimizer).register_step_pre_hook(
+                lambda *_: self._wait_staged())
         tensors, fragments, opt_steps = self._share()
-        if self.asynchronous or any(t.device.type != "cpu" for t in tensors.values()):
-            tensors = self._stage(tensors)
+        ready = None
+        if ctx.device.type == "cuda":  # the side stream's copies start after what is queued now
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(ctx.device))
         root = fmt.checkpoints_dir(run_dir)
         final = root / fmt.step_dir_name(step)
         meta = None
@@ -169,23 +182,34 @@ class Checkpointer:
                 "tokenizer": redact(tokenizer.to_dict()) if tokenizer is not None else None,
                 "sft_template": sft_template, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-        job = functools.partial(self._write, root=root, final=final, tensors=tensors, fragments=fragments, meta=meta,
-                                tokenizer=tokenizer, keep_last=keep_last, keep=(final.name, *keep), best=best, t0=t0)
+        job = functools.partial(self._write, root=root, final=final, tensors=tensors, ready=ready, fragments=fragments,
+                                meta=meta, tokenizer=tokenizer, keep_last=keep_last, keep=(final.name, *keep),
+                                best=best, t0=t0)
         if self.asynchronous:
+            self._staged.clear()
+            self._hook_wait_s = 0.0
             self._thread = threading.Thread(target=self._run, args=(job,), name=f"checkpoint-{step}", daemon=True)
+            self._call_s = time.perf_counter() - t0
             self._thread.start()
-            self.last_stall_s = time.perf_counter() - t0
         else:
             self._run(job)
-            self.last_stall_s = time.perf_counter() - t0
             self.wait()
+            self.last_stall_s = time.perf_counter() - t0
         return final
+
+    def _wait_staged(self) -> None:
+        """Before the optimizer changes anything: the host copy of the save in flight must be complete."""
+        if not self._staged.is_set():
+            t0 = time.perf_counter()
+            self._staged.wait()
+            self._hook_wait_s += time.perf_counter() - t0
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is published everywhere; raise what it raised."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+            self.last_stall_s = self._call_s + self._hook_wait_s
         if self._error is not None:
             error, self._error = self._error, None
             raise error
@@ -196,6 +220,9 @@ class Checkpointer:
             self.wait()
         except Exception as e:  # noqa: BLE001 - the run is ending anyway; its error is the one to show
             logger.error("the last checkpoint was not saved: %s", e)
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
         self._buffers.clear()
 
     def _share(self) -> tuple[dict[str, torch.Tensor], list[dict], int]:
@@ -243,20 +270,25 @@ class Checkpointer:
             tensors[fmt.RNG_TENSOR_PARALLEL] = tp_state
         return tensors, fragments, opt_steps
 
-    def _stage(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Host copies of `tensors` (device-to-host first, all issued before one synchronisation)."""
-        out, cuda = {}, False
-        for key, t in tensors.items():
-            buf = self._buffers.get(key)
-            if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
-                buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=t.device.type == "cuda")
-                if self.keep_buffers:
-                    self._buffers[key] = buf
-            cuda = cuda or t.device.type == "cuda"
-            buf.copy_(t, non_blocking=t.device.type == "cuda")
-            out[key] = buf
-        if cuda:
-            torch.cuda.current_stream(self.engine.ctx.device).synchronize()
+    def _stage(self, tensors: dict[str, torch.Tensor], ready) -> dict[str, torch.Tensor]:
+        """Host copies of `tensors`: on a GPU, pinned buffers filled on a side stream once `ready`
+        (an event on the training stream) has passed, all copies issued before one synchronisation."""
+        device = self.engine.ctx.device
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        out = {}
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if stream is not None:
+                stream.wait_event(ready)
+            for key, t in tensors.items():
+                buf = self._buffers.get(key)
+                if buf is None or buf.shape != t.shape or buf.dtype != t.dtype:
+                    buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=device.type == "cuda")
+                    if self.keep_buffers:
+                        self._buffers[key] = buf
+                buf.copy_(t, non_blocking=t.device.type == "cuda")
+                out[key] = buf
+        if stream is not None:
+            stream.synchronize()
         return out
 
     # ---- the writer's part (a thread of its own when asynchronous) -----------------------------
@@ -266,9 +298,15 @@ class Checkpointer:
         except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
             self._error = e if isinstance(e, CheckpointError) else CheckpointError(
                 f"saving the checkpoint failed: {type(e).__name__}: {e}")
+        finally:
+            self._staged.set()  # never leave the optimizer waiting
 
-    def _write(self, *, root: Path, final: Path, tensors, fragments, meta, tokenizer, keep_last, keep, best, t0):
+    def _write(self, *, root: Path, final: Path, tensors, ready, fragments, meta, tokenizer, keep_last, keep, best,
+               t0):
         ctx, group = self.engine.ctx, self._group
+        if self.asynchronous or ctx.device.type == "cuda":
+            tensors = self._stage(tensors, ready)  # a sync save on the CPU writes the live tensors directly
+        self._staged.set()
         tmp = root / f"{fmt.TMP_PREFIX}{final.name}"
         if ctx.rank == 0:
             root.mkdir(parents=True, exist_ok=True)
@@ -302,8 +340,9 @@ class Checkpointer:
             raise CheckpointError(f"{problem}; the previous checkpoint is untouched")
         self.last_total_s = time.perf_counter() - t0
         if ctx.rank == 0:
+            paused = (self._call_s + self._hook_wait_s) if self.asynchronous else self.last_total_s
             logger.info("saved checkpoint %s (%.1f MB; training paused %.2fs, written in %.1fs)", final,
-                        sum(r["bytes"] for r in files.values()) / 1e6, self.last_stall_s, self.last_total_s)
+                        sum(r["bytes"] for r in files.values()) / 1e6, paused, self.last_total_s)
 
 
 def _fp32(t: torch.Tensor) -> torch.Tensor:

@@ -3,14 +3,16 @@
 The layout is safetensors' own (an 8-byte little-endian header length, a JSON header of dtype,
 shape and byte offsets per tensor, then the raw bytes; `safetensors.safe_open` reads it), written
 here rather than by `safetensors.torch.save_file` so that the sha256 recorded in meta.json is
-computed from the bytes in memory as they are written, instead of by reading the file back. Both
-the hashing and the writing release the GIL, so a writer thread costs the training thread little.
+computed from the bytes in memory as they are written (in a second thread, overlapping the
+writing), instead of by reading the file back. Both the hashing and the writing release the GIL,
+so the writer costs the training thread little.
 """
 
 import hashlib
 import json
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -37,17 +39,27 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
     digest = hashlib.sha256()
-    with open(path, "wb") as f:
-        for chunk in (struct.pack("<Q", len(head)), head):
-            digest.update(chunk)
+    # The hash runs in a second thread, one chunk behind the write (both release the GIL): a save
+    # costs about the longer of the two, not their sum. One worker keeps the chunks in order.
+    with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher:
+        pending = []
+        for chunk in _chunks(struct.pack("<Q", len(head)) + head, [tensors[k] for k in order]):
+            pending.append(hasher.submit(digest.update, chunk))
             f.write(chunk)
-        for key in order:
-            data = memoryview(tensors[key].reshape(-1).view(torch.uint8).numpy())
-            for start in range(0, len(data), _CHUNK):
-                chunk = data[start:start + _CHUNK]
-                digest.update(chunk)
-                f.write(chunk)
+            if len(pending) > 2:
+                pending.pop(0).result()
+        for done in pending:
+            done.result()
         f.flush()
         os.fsync(f.fileno())
     fmt.make_readable(path)
     return {"bytes": 8 + len(head) + offset, "sha256": digest.hexdigest()}
+
+
+def _chunks(head: bytes, tensors: list[torch.Tensor]):
+    """The file's bytes as memoryviews of at most _CHUNK bytes (no copies of tensor data)."""
+    yield memoryview(head)
+    for t in tensors:
+        data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        for start in range(0, len(data), _CHUNK):
+            yield data[start:start + _CHUNK]

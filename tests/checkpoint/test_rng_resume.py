@@ -42,17 +42,18 @@ def test_tensor_ranks_stay_identical_through_a_resume_on_another_layout(shards, 
     assert [r["step"] for r in steps] == list(range(1, 13))
 
     # The same training in one process, with its own dropout masks: the same loss within noise.
-    # Dropout 0.1 moves this tiny model's per-step loss by about 1% between mask draws (measured
-    # between TP=1 and TP=2: at most 0.6% per step, 0.2% averaged over the 12 steps); a wrong data
-    # position, lost Adam state or masks kept identical across heads and steps shift it by more.
+    # The masks differ (the attention dropout of each tensor rank's heads has its own stream), so the
+    # losses are not equal; measured between the two runs: at most 8e-4 relative per step, 4e-5 on the
+    # mean of the 12 steps. We allow 4e-3 and 5e-4. Without dropout the layouts agree to ~1e-7
+    # (test_reshard.py); a lost Adam state or a wrong data position moves the loss by more than 1e-3.
     single = tmp_path / "single"
     run_module("gpt.pretrain", tiny_overrides(shards, single, *twelve_steps, *DROPOUT), check=True)
     ref, _ = read_metrics(single)
     for a, b in zip(ref, steps):
-        assert b["loss"] == pytest.approx(a["loss"], rel=3e-2), (a["step"], a["loss"], b["loss"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=4e-3), (a["step"], a["loss"], b["loss"])
     mean = sum(r["loss"] for r in steps) / 12
-    assert mean == pytest.approx(sum(r["loss"] for r in ref) / 12, rel=1e-2)
-    assert ref[-1]["loss"] != steps[-1]["loss"]  # different masks really were drawn
+    assert mean == pytest.approx(sum(r["loss"] for r in ref) / 12, rel=5e-4)
+    assert any(abs(a["loss"] - b["loss"]) > 1e-5 * a["loss"] for a, b in zip(ref, steps))  # other masks were drawn
 
 
 def test_the_replica_check_catches_tensor_ranks_that_disagree(shards, tmp_path, tp2_dropout_half, twelve_steps):
@@ -63,7 +64,7 @@ def test_the_replica_check_catches_tensor_ranks_that_disagree(shards, tmp_path, 
     ckpt = fmt.resolve(run)
     name = fmt.rank_file(1)
     with safe_open(str(ckpt / name), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # not views of the file we rewrite
     tensors[fmt.RNG_CPU] = torch.Generator().manual_seed(999).get_state()
     meta = json.loads((ckpt / fmt.META).read_text())
     meta["files"][name] = write_rank_file(ckpt / name, tensors)
