@@ -116,7 +116,7 @@ def restore_rng(reader: TensorReader, meta: dict, ctx, rng=None) -> None:
 def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, dict] | None:
     """The checkpoint to resume from, agreed by every rank (a collective); None for a fresh run.
 
-    The files' sha256 sums are checked in parallel (file i by rank i mod world). A damaged latest
+    The files' checksums are checked in parallel (file i by rank i mod world). A damaged latest
     checkpoint is an error naming the file, or, with `fallback`, is moved aside to `<name>.corrupt`
     and the newest intact one before it is used.
     """

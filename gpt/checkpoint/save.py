@@ -11,7 +11,7 @@ A `Checkpointer` saves asynchronously, as torch.distributed.checkpoint's async_s
 staging does: a writer thread first copies this rank's share into host memory (device-to-host on a
 side stream; the buffers are kept for the next save) while training goes on with the next step's
 forward and backward, which read but never change that state; the next optimizer step waits until
-the copy is complete (a step pre-hook on the optimizer). Then the thread writes, hashes and fsyncs
+the copy is complete (a step pre-hook on the optimizer). Then the thread writes, checksums and fsyncs
 the file, the ranks' writer threads hand their records to rank 0 over a process group of their own
 (gloo), and rank 0 writes meta.json, renames the directory and moves `latest`. At most one save is
 in flight: the next one, a signal stop and the end of the run wait for it. A process killed
@@ -69,7 +69,7 @@ def slice_shape(p) -> list[int]:
 
 
 def write_rank_file(path: Path, tensors: dict[str, torch.Tensor]) -> dict:
-    """Write one rank's safetensors file durably; returns its meta.json record (bytes, sha256)."""
+    """Write one rank's safetensors file durably; returns its meta.json record (bytes, checksum)."""
     return write_safetensors(path, {k: v.contiguous() for k, v in tensors.items()},
                              {"format": fmt.FORMAT, "version": str(fmt.VERSION)})
 

@@ -39,7 +39,7 @@ def _numel(shape) -> int:
 
 
 def verify(path: str | Path) -> dict:
-    """Every file's sha256, and every indexed fragment present in its file with the recorded size."""
+    """Every file's checksum, and every indexed fragment present in its file with the recorded size."""
     ckpt = _find(path, verify=True)
     meta = fmt.read_meta(ckpt)
     reader = TensorReader(ckpt, meta)

@@ -1,14 +1,13 @@
-"""Writing one safetensors file in one pass: the bytes go to disk and into its sha256 together.
+"""Writing one safetensors file in one pass: the bytes go to disk and into its checksum together.
 
 The layout is safetensors' own (an 8-byte little-endian header length, a JSON header of dtype,
 shape and byte offsets per tensor, then the raw bytes; `safetensors.safe_open` reads it), written
-here rather than by `safetensors.torch.save_file` so that the sha256 recorded in meta.json is
-computed from the bytes in memory as they are written (in a second thread, overlapping the
-writing), instead of by reading the file back. Both the hashing and the writing release the GIL,
-so the writer costs the training thread little.
+here rather than by `safetensors.torch.save_file` so that the checksum recorded in meta.json
+(XXH3-128, gpt/checkpoint/format.py) is computed from the bytes in memory as they are written (in
+a second thread, overlapping the writing), instead of by reading the file back. Both the hashing
+and the writing release the GIL, so the writer costs the training thread little.
 """
 
-import hashlib
 import json
 import os
 import struct
@@ -27,7 +26,7 @@ _CHUNK = 64 << 20
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict:
     """Write `tensors` (contiguous, on the CPU) durably to `path`; returns meta.json's record of it
-    (bytes, sha256)."""
+    (bytes, checksum)."""
     order = sorted(tensors, key=lambda k: -tensors[k].element_size())  # stable; keeps every tensor aligned
     header: dict = {"__metadata__": metadata}
     offset = 0
@@ -38,10 +37,10 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         offset += n
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    digest = hashlib.sha256()
+    digest = fmt.CHECKSUMS[fmt.CHECKSUM]()
     # The hash runs in a second thread, one chunk behind the write (both release the GIL): a save
     # costs about the longer of the two, not their sum. One worker keeps the chunks in order.
-    with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="sha256") as hasher:
+    with open(path, "wb") as f, ThreadPoolExecutor(1, thread_name_prefix="checksum") as hasher:
         pending = []
         for chunk in _chunks(struct.pack("<Q", len(head)) + head, [tensors[k] for k in order]):
             pending.append(hasher.submit(digest.update, chunk))
@@ -53,7 +52,7 @@ def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: di
         f.flush()
         os.fsync(f.fileno())
     fmt.make_readable(path)
-    return {"bytes": 8 + len(head) + offset, "sha256": digest.hexdigest()}
+    return {"bytes": 8 + len(head) + offset, fmt.CHECKSUM: digest.hexdigest()}
 
 
 def _chunks(head: bytes, tensors: list[torch.Tensor]):

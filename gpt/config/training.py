@@ -153,7 +153,7 @@ class CheckpointConfig:
     fallback: bool = False
     """If the latest checkpoint is corrupt, move it aside (<name>.corrupt) and resume from the previous good one with a warning."""
     verify: bool = True
-    """Check every checkpoint file's sha256 (recorded in meta.json) before resuming, spread over the ranks; false checks sizes only."""
+    """Check every checkpoint file's checksum (recorded in meta.json) before resuming, spread over the ranks; false checks sizes only."""
     async_save: bool = True
     """Write checkpoints in the background: training pauses only while each rank copies its share of the state to host memory (kept between saves: as much host memory again as that share), then goes on while the files are written. false: training waits until the checkpoint is written."""
 

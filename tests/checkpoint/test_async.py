@@ -82,7 +82,7 @@ def test_a_kill_during_an_async_save_leaves_nothing_that_loads(shards, tmp_path)
     latest = fmt.read_pointer(root, fmt.LATEST)
     assert partial.is_dir() and latest and fmt.step_of(partial.with_name(partial.name[len(fmt.TMP_PREFIX):])) > \
         fmt.step_of(root / latest)
-    assert fmt.resolve(run) == root / latest  # validated: sizes and sha256 of every file
+    assert fmt.resolve(run) == root / latest  # validated: sizes and checksums of every file
     assert all(c.name != partial.name for c in fmt.candidates(run))
     resumed = run_module("gpt.pretrain", [*args, "train.steps=" + str(fmt.step_of(root / latest) + 2)], check=True)
     assert f"resumed from {root / latest}" in resumed.stderr
