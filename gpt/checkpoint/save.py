@@ -296,8 +296,9 @@ class Checkpointer:
         try:
             job()
         except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
+            first_line = str(e).splitlines()[0] if str(e) else ""
             self._error = e if isinstance(e, CheckpointError) else CheckpointError(
-                f"saving the checkpoint failed: {type(e).__name__}: {e}")
+                f"saving the checkpoint failed: {type(e).__name__}: {first_line}")
         finally:
             self._staged.set()  # never leave the optimizer waiting
 
@@ -308,15 +309,18 @@ class Checkpointer:
             tensors = self._stage(tensors, ready)  # a sync save on the CPU writes the live tensors directly
         self._staged.set()
         tmp = root / f"{fmt.TMP_PREFIX}{final.name}"
-        if ctx.rank == 0:
-            root.mkdir(parents=True, exist_ok=True)
-            for stale in root.glob(f"{fmt.TMP_PREFIX}step_*"):  # saves interrupted by a crash or kill
-                shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir()
-        collectives.barrier(group)
         record, problem = None, None
+        if ctx.rank == 0:
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+                for stale in root.glob(f"{fmt.TMP_PREFIX}step_*"):  # saves interrupted by a crash or kill
+                    shutil.rmtree(stale, ignore_errors=True)
+                tmp.mkdir()
+            except OSError as e:
+                problem = f"cannot create {tmp}: {e}"
+        collectives.barrier(group)  # every rank takes part, whatever failed, so that none waits forever
         try:
-            record = write_rank_file(tmp / fmt.rank_file(ctx.rank), tensors)
+            record = write_rank_file(tmp / fmt.rank_file(ctx.rank), tensors) if problem is None else None
         except OSError as e:
             problem = f"rank {ctx.rank} could not write {tmp / fmt.rank_file(ctx.rank)}: {e}"
         del tensors

@@ -87,3 +87,17 @@ def test_a_kill_during_an_async_save_leaves_nothing_that_loads(shards, tmp_path)
     resumed = run_module("gpt.pretrain", [*args, "train.steps=" + str(fmt.step_of(root / latest) + 2)], check=True)
     assert f"resumed from {root / latest}" in resumed.stderr
     assert not partial.exists() and fmt.read_pointer(root, fmt.LATEST) == fmt.step_dir_name(fmt.step_of(root / latest) + 2)
+
+
+def test_a_save_that_fails_stops_the_run_with_one_line(shards, tmp_path):
+    """The writer thread's error reaches the training thread at the next save: one line, exit 2."""
+    run = tmp_path / "run"
+    run.mkdir()
+    fmt.checkpoints_dir(run).write_text("not a directory")  # nothing can be written below it
+    proc = run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=3", "eval.every=0", "checkpoint.every=1"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("gpt-pretrain: error: cannot create ") and "step_00000001" in last, last
+    assert last.endswith("the previous checkpoint is untouched")
+    steps, _ = read_metrics(run)
+    assert [r["step"] for r in steps] == [1, 2]  # training went on while step 1 was being written
