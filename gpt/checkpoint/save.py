@@ -176,7 +176,8 @@ class Checkpointer:
                 "format": fmt.FORMAT, "version": fmt.VERSION, "step": step, "optimizer_steps": opt_steps,
                 "trainer": trainer_state, "config": redact(config),
                 "layout": {"world": ctx.layout.world, "tensor": ctx.layout.tensor, "pipeline": ctx.layout.pipeline,
-                           "data": ctx.layout.data, "zero_stage": config.get("parallel", {}).get("zero_stage"),
+                           "data": ctx.layout.data, "context": ctx.layout.context,
+                           "zero_stage": config.get("parallel", {}).get("zero_stage"),
                            "precision": config.get("train", {}).get("precision")},
                 "rng": True, "loss_scaler": zero_state.loss_scaler_state(self.engine.optimizer),
                 "tokenizer": redact(tokenizer.to_dict()) if tokenizer is not None else None,
@@ -229,7 +230,7 @@ class Checkpointer:
         """This rank's tensors (live views) and their fragment records, and Adam's step count."""
         engine = self.engine
         ctx, opt = engine.ctx, engine.optimizer
-        tp, dp = ctx.layout.tensor, ctx.layout.data
+        tp, dp, dp_rank = ctx.layout.tensor, ctx.layout.data_context, ctx.dp_cp_rank  # context ranks hold replicas too
         opt_steps = zero_state.optimizer_steps(opt)
         with_moments = opt_steps > 0  # before the first step Adam has no state to save
         if with_moments:
@@ -247,7 +248,7 @@ class Checkpointer:
             held = zero_state.held(p)
             if held is None:
                 continue
-            start, numel = (_even_share(held.numel, ctx.dp_rank, dp) if held.replica else (held.start, held.numel))
+            start, numel = (_even_share(held.numel, dp_rank, dp) if held.replica else (held.start, held.numel))
             if numel == 0:
                 continue
             lo = start - held.start

@@ -19,6 +19,7 @@ from gpt.engine.deepspeed_config import deepspeed_config, uses_plain_optimizer
 from gpt.engine.optim import build_optimizer, global_grad_norm, set_lr
 from gpt.engine.pipeline import build_pipeline, canonical_name
 from gpt.model.build import ModelShape, build_model
+from gpt.model.context_parallel import split_sequence
 from gpt.model.gpt import weighted_loss
 from gpt.model.slots import Slots
 from gpt.parallel.context import ParallelContext
@@ -95,8 +96,18 @@ class TrainEngine:
 
     def _to_device(self, b: Batch) -> Batch:
         dev = self.ctx.device
+        b = self.local_batch(b)
         return Batch(b.tokens.to(dev, non_blocking=True), b.labels.to(dev, non_blocking=True),
                      b.weights.to(dev, non_blocking=True))
+
+    def local_batch(self, b: Batch) -> Batch:
+        """This context rank's chunks of each sequence (context_parallel.py). Its loss weights are
+        multiplied by the context size: DeepSpeed averages gradients over data x context ranks, and
+        the chunks of one sample add up to its whole loss."""
+        n, r = self.ctx.layout.context, self.ctx.cp_rank
+        if n == 1:
+            return b
+        return Batch(split_sequence(b.tokens, r, n), split_sequence(b.labels, r, n), split_sequence(b.weights, r, n) * n)
 
 
 class DenseEngine(TrainEngine):
@@ -128,9 +139,10 @@ class DenseEngine(TrainEngine):
         return self._mean_over_dp(total / len(micro_batches))
 
     def _mean_over_dp(self, value: torch.Tensor) -> float:
-        if self.ctx.layout.data > 1:
-            collectives.all_reduce(value, group=self.ctx.dp_group)
-            value = value / self.ctx.layout.data
+        n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples
+        if n > 1:
+            collectives.all_reduce(value, group=self.ctx.dp_cp_group)
+            value = value / n
         return float(value)
 
 
@@ -141,9 +153,8 @@ class PipeEngine(TrainEngine):
             if replicas or not getattr(p, "ds_pipe_replicated", False):
                 yield canonical_name(name, n), p
 
-    @staticmethod
-    def _feed(micro_batches):
-        return iter([(b.tokens, (b.labels, b.weights)) for b in micro_batches])
+    def _feed(self, micro_batches):
+        return iter([(b.tokens, (b.labels, b.weights)) for b in map(self.local_batch, micro_batches)])
 
     def train_step(self, micro_batches):
         loss = self.ds.train_batch(self._feed(micro_batches))  # averaged over micro-batches and data ranks
@@ -164,7 +175,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
     prepare_deepspeed(ctx.device, ctx.backend)
     layout = ctx.layout
     rng = RNGTracker(ctx.device)
-    slots = Slots(layout.tensor, ctx.tp_group, rng)
+    slots = Slots.of(ctx, cfg.parallel, rng)
     plain = uses_plain_optimizer(cfg)
     if layout.pipeline > 1:
         module = build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
@@ -172,7 +183,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
                                 activation_checkpointing=cfg.train.activation_checkpointing)
         mpu = None  # the PipelineModule brings its own grid (same rank layout as parallel_state)
     else:
-        module = build_model(cfg.model, shape, seed=cfg.train.seed, tp_size=layout.tensor, tp_group=ctx.tp_group, rng=rng)
+        module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots)
         module.activation_checkpointing = cfg.train.activation_checkpointing
         mpu = ctx.mpu()
     peft = getattr(cfg, "peft", None)  # a FinetuneConfig's; pretraining trains everything

@@ -13,6 +13,7 @@ from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
 from gpt.model.build import build_model, model_shape
 from gpt.model.gpt import weighted_loss
+from gpt.model.slots import Slots
 from gpt.parallel import context as parallel
 from gpt.parallel.rng import RNGTracker
 
@@ -56,7 +57,7 @@ def _model(world_of_one, tp_rank: int, checkpointing: bool = False):
     this process's one generator: seed right before use)."""
     cfg = ModelConfig(n_layer=2, n_head=4, n_embd=64, max_seq_len=32, dropout=0.1)
     rng = RNGTracker(CPU)
-    model = build_model(cfg, model_shape(cfg, 257), seed=5, tp_group=world_of_one.tp_group, rng=rng)
+    model = build_model(cfg, model_shape(cfg, 257), seed=5, slots=Slots(1, world_of_one.tp_group, rng=rng))
     model.activation_checkpointing = checkpointing
     rng.seed(11, tp_rank=tp_rank)
     return model
