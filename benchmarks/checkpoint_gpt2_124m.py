@@ -38,6 +38,7 @@ def measure_saves(engine, batch, cdict: dict, root: Path, rounds: int):
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 
+    from gpt.checkpoint import format as fmt
     from gpt.checkpoint import zero_state
     from gpt.checkpoint.save import Checkpointer
     from gpt.data.tokenizer import ByteTokenizer
@@ -50,9 +51,11 @@ def measure_saves(engine, batch, cdict: dict, root: Path, rounds: int):
         return time.perf_counter() - t
 
     def ours(checkpointer, *, train: bool):
+        for old in fmt.complete_checkpoints(fmt.checkpoints_dir(run_dir))[:-1]:  # untimed, as DCP's rmtree below
+            shutil.rmtree(old)
         step[0] += 1
         checkpointer.save(step=step[0], trainer_state={"step": step[0]}, config=cdict, tokenizer=ByteTokenizer(),
-                          run_dir=run_dir, keep_last=1)
+                          run_dir=run_dir)
         step_s = train_step() if train else nan  # its optimizer step waits for the host copy
         checkpointer.wait()
         return checkpointer.last_stall_s, checkpointer.last_total_s, step_s
