@@ -131,6 +131,21 @@ def _even_share(numel: int, rank: int, size: int) -> tuple[int, int]:
     return start, min(chunk, numel - start)
 
 
+def why_failed(e: BaseException) -> str:
+    """A failed write's reason in a few words: the OS error and its file, or the first line of the message."""
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+class SaveFailed(CheckpointError):
+    """A save did not complete (`step`, its directory `path`, `reason`); the previous checkpoints are untouched."""
+
+    def __init__(self, step: int, path: Path, reason: str):
+        super().__init__(f"saving checkpoint {path} failed ({reason}); the previous checkpoint is untouched")
+        self.step, self.path, self.reason = step, path, reason
+
+
 class Checkpointer:
     """Saves this run's checkpoints; `asynchronous`: writing overlaps training (at most one save in flight)."""
 
@@ -142,6 +157,7 @@ class Checkpointer:
         self._group = None  # the writer threads' own process group (async only)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._final: Path | None = None  # the checkpoint being saved
         self._staged = threading.Event()  # set once this save's host copy is complete
         self._staged.set()
         self._hook = None  # the optimizer step pre-hook that waits for it
@@ -170,6 +186,7 @@ class Checkpointer:
             ready.record(torch.cuda.current_stream(ctx.device))
         root = fmt.checkpoints_dir(run_dir)
         final = root / fmt.step_dir_name(step)
+        self._final = final
         meta = None
         if ctx.rank == 0:
             meta = {
@@ -189,11 +206,11 @@ class Checkpointer:
         if self.asynchronous:
             self._staged.clear()
             self._hook_wait_s = 0.0
-            self._thread = threading.Thread(target=self._run, args=(job,), name=f"checkpoint-{step}", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(job, step), name=f"checkpoint-{step}", daemon=True)
             self._call_s = time.perf_counter() - t0
             self._thread.start()
         else:
-            self._run(job)
+            self._run(job, step)
             self.wait()
             self.last_stall_s = time.perf_counter() - t0
         return final
@@ -293,13 +310,12 @@ class Checkpointer:
         return out
 
     # ---- the writer's part (a thread of its own when asynchronous) -----------------------------
-    def _run(self, job) -> None:
+    def _run(self, job, step: int) -> None:
         try:
             job()
         except BaseException as e:  # noqa: BLE001 - handed to the training thread by wait()
-            first_line = str(e).splitlines()[0] if str(e) else ""
-            self._error = e if isinstance(e, CheckpointError) else CheckpointError(
-                f"saving the checkpoint failed: {type(e).__name__}: {first_line}")
+            reason = why_failed(e) if isinstance(e, OSError) else f"{type(e).__name__}: {why_failed(e)}"
+            self._error = e if isinstance(e, SaveFailed) else SaveFailed(step, self._final, reason)
         finally:
             self._staged.set()  # never leave the optimizer waiting
 
@@ -318,12 +334,12 @@ class Checkpointer:
                     shutil.rmtree(stale, ignore_errors=True)
                 tmp.mkdir()
             except OSError as e:
-                problem = f"cannot create {tmp}: {e}"
+                problem = why_failed(e)
         collectives.barrier(group)  # every rank takes part, whatever failed, so that none waits forever
         try:
             record = write_rank_file(tmp / fmt.rank_file(ctx.rank), tensors) if problem is None else None
         except OSError as e:
-            problem = f"rank {ctx.rank} could not write {tmp / fmt.rank_file(ctx.rank)}: {e}"
+            problem = f"{why_failed(e)}, writing rank {ctx.rank}'s file"
         del tensors
         gathered = collectives.gather_object((ctx.rank, record, fragments, problem), dst=0, group=group)
         if ctx.rank == 0:
@@ -339,10 +355,10 @@ class Checkpointer:
                     fmt.write_pointer(root.parent, fmt.BEST, meta["step"])
                 prune(root, keep_last, keep=keep)
             except (OSError, CheckpointError) as e:
-                problem = f"{final} was not published: {e}"
+                problem = f"{why_failed(e)}, publishing it"
         problem = collectives.broadcast_object(problem, src=0, group=group)
         if problem is not None:
-            raise CheckpointError(f"{problem}; the previous checkpoint is untouched")
+            raise SaveFailed(fmt.step_of(final), final, problem)
         self.last_total_s = time.perf_counter() - t0
         if ctx.rank == 0:
             paused = (self._call_s + self._hook_wait_s) if self.asynchronous else self.last_total_s
@@ -374,11 +390,19 @@ def publish(tmp: Path, final: Path, meta: dict) -> None:
     fmt.write_text_atomic(final.parent / fmt.LATEST, final.name + "\n")
 
 
+def _pointer_or_none(root: Path, pointer: str) -> str | None:
+    """For pruning: an unreadable pointer protects nothing (it names no checkpoint) and must not fail a save."""
+    try:
+        return fmt.read_pointer(root, pointer)
+    except CheckpointError:
+        return None
+
+
 def prune(root: Path, keep_last: int, keep: tuple[str, ...] = ()) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints; never one named by `latest` or `best`."""
     if keep_last <= 0:
         return []
-    protected = set(keep) | {name for p in fmt.POINTERS if (name := fmt.read_pointer(root, p))}
+    protected = set(keep) | {name for p in fmt.POINTERS if (name := _pointer_or_none(root, p))}
     removed = []
     for old in fmt.complete_checkpoints(root)[:-keep_last]:
         if old.name not in protected:

@@ -96,7 +96,8 @@ def test_a_save_that_fails_stops_the_run_with_one_line(shards, tmp_path):
     proc = run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=3", "eval.every=0", "checkpoint.every=1"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("gpt-pretrain: error: cannot create ") and "step_00000001" in last, last
-    assert last.endswith("the previous checkpoint is untouched")
+    root = fmt.checkpoints_dir(run)
+    assert last.startswith(f"gpt-pretrain: error: saving checkpoint {root / 'step_00000001'} failed (File exists"), last
+    assert last.endswith(f"free space or fix {root}, then re-run the same command"), last
     steps, _ = read_metrics(run)
     assert [r["step"] for r in steps] == [1, 2]  # training went on while step 1 was being written
