@@ -19,6 +19,7 @@ FULL = {"w0": torch.arange(8 * 6, dtype=torch.float32).view(8, 6),  # split alon
         "w1": torch.arange(4 * 12, dtype=torch.float32).view(4, 12) + 0.5,  # split along dim 1
         "norm": torch.arange(7, dtype=torch.float32) - 3}  # replicated
 DIMS = {"w0": 0, "w1": 1, "norm": None}
+SHELL = {"config": {"model": {}, "train": {}}, "trainer": {}}  # what meta.json's structure check requires besides the index
 
 
 def _write(tmp_path, tp: int, dp: int):
@@ -45,8 +46,8 @@ def _write(tmp_path, tp: int, dp: int):
                                          shape=list(piece.shape), partition_dim=dim, moments=["exp_avg"], trainable=True))
         gathered.append((rank, write_rank_file(ckpt / fmt.rank_file(rank), tensors), frags))
     files, index = merge_index(gathered)
-    meta = {"format": fmt.FORMAT, "version": fmt.VERSION, "step": 1, "files": files, "tensors": index, "config": {},
-            "layout": {}}
+    meta = {"format": fmt.FORMAT, "version": fmt.VERSION, "step": 1, "files": files, "tensors": index, **SHELL,
+            "layout": {"world": tp * dp, "tensor": tp, "pipeline": 1, "data": dp}}
     (ckpt / fmt.META).write_text(json.dumps(meta))
     return ckpt
 
@@ -108,7 +109,8 @@ def test_version_1_checkpoints_still_load_and_unknown_versions_are_refused(tmp_p
                      "pieces": [{"file": fmt.rank_file(r), "tp_rank": r, "tp_size": 2, "shape": [4, 6]} for r in range(2)]}
     tensors["norm"] = {"shape": [7], "partition_dim": None, "moments": [], "trainable": True,
                        "pieces": [{"file": fmt.rank_file(0), "tp_rank": 0, "tp_size": 1, "shape": [7]}]}
-    meta = {"format": fmt.FORMAT, "version": 1, "step": 3, "files": files, "tensors": tensors, "config": {}, "layout": {}}
+    meta = {"format": fmt.FORMAT, "version": 1, "step": 3, "files": files, "tensors": tensors, **SHELL,
+            "layout": {"world": 1, "tensor": 1, "pipeline": 1, "data": 1}}
     (ckpt / fmt.META).write_text(json.dumps(meta))
     state = full_state_dict(ckpt, fmt.validate(ckpt))
     assert torch.equal(state["w1"], FULL["w1"]) and torch.equal(state["norm"], FULL["norm"])
