@@ -4,10 +4,12 @@ Every run trains the tiny model for 12 steps; resumed ones stop after 6 (train.s
 re-run, possibly at another layout. The one-process uninterrupted run is the reference for the
 cross-layout runs: their weights, Adam moments, step count, LR schedule and data position all come
 from the checkpoint, so the only differences left are fp32 round-off from summing in another order
-(tensor-parallel matmul halves, all-reduces, pipeline accumulation). Measured over these 12 steps:
-at most 1.1e-7 relative on the loss and 1.5e-7 on the gradient norm, for every pair below. 1e-6
-relative on both keeps a 7x margin for other CPUs' rounding, while a lost Adam moment, an
-off-by-one step count or a wrong data position moves them by more than 1e-3
+(tensor-parallel matmul halves, all-reduces, pipeline accumulation), which Adam amplifies for
+weights with tiny gradients. Measured over these 12 steps (after main's merge, Dec 2026): at most
+6.4e-7 relative on the loss and 3.0e-6 on the gradient norm (tensor 2, at step 2 of the first,
+not yet resumed, half: the layout's round-off, not the resume); pipeline and ZeRO-3 stay below
+3.2e-7. 5e-6 on the loss and 3e-5 on the gradient norm keep an 8-10x margin, while a lost Adam
+moment, an off-by-one step count or a wrong data position moves them by more than 1e-3
 (`test_a_lost_optimizer_state_is_caught` checks that the comparison does fail). The same-layout
 resume on two processes (ZeRO-3) is held to the same reference and tolerance (its difference from
 one process is the data-parallel round-off, not the resume); fp32 one-process resumes are
@@ -16,11 +18,11 @@ bit-identical (tests/trainer/test_pretrain.py), and so are bf16 ones at DP=2
 """
 
 import json
-import re
 import shutil
 
 import pytest
 from helpers import read_metrics, run_module, tiny_overrides, torchrun
+from parity import assert_zero3_partitioned
 
 from gpt.checkpoint import format as fmt
 
@@ -43,13 +45,7 @@ def _run(nproc: int, args: list[str]):
     return torchrun(nproc, "gpt.pretrain", args)
 
 
-def assert_partitioned(log: str) -> None:
-    """ZeRO-3 really partitioned every parameter (none kept whole below the persistence threshold)."""
-    counts = re.findall(r"ZeRO-3: (\d+) of (\d+) parameter tensors partitioned", log)
-    assert counts and all(a == b != "0" for a, b in counts), counts or log[-3000:]
-
-
-def assert_close(reference, run, *, loss_rtol=1e-6, norm_rtol=1e-6):
+def assert_close(reference, run, *, loss_rtol=5e-6, norm_rtol=3e-5):
     ref_steps, ref_evals = read_metrics(reference)
     steps, evals = read_metrics(run)
     assert [r["step"] for r in steps] == list(range(1, 13)) == [r["step"] for r in ref_steps]
@@ -73,7 +69,7 @@ def pp2_half(shards, tmp_path_factory, twelve_steps):
 def zero3_half(shards, tmp_path_factory, twelve_steps):
     run = tmp_path_factory.mktemp("zero3_half") / "run"
     proc = torchrun(2, "gpt.pretrain", tiny_overrides(shards, run, *twelve_steps, *LAYOUTS["dp2_zero3"], "train.stop_at=6"))
-    assert_partitioned(proc.stderr)
+    assert_zero3_partitioned(proc.stderr, 2)
     return run
 
 
@@ -92,7 +88,7 @@ def test_resume_on_any_layout_matches_one_process(request, shards, tmp_path, ref
     shutil.copytree(half, run)
     proc = _run(nproc, tiny_overrides(shards, run, *twelve_steps, *LAYOUTS[second]))
     if second == "dp2_zero3":
-        assert_partitioned(proc.stderr)
+        assert_zero3_partitioned(proc.stderr, 2)
     assert_close(reference, run)
     meta = json.loads((run / "checkpoints" / "step_00000012" / "meta.json").read_text())
     assert meta["optimizer_steps"] == 12 and meta["trainer"]["consumed_samples"] == 12 * 8
