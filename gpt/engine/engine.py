@@ -24,6 +24,7 @@ from gpt.model.gpt import weighted_loss
 from gpt.model.slots import Slots
 from gpt.parallel.context import ParallelContext
 from gpt.parallel.device import prepare_deepspeed
+from gpt.parallel.rng import RNGTracker
 from gpt.peft import apply_peft, trainable_counts
 from gpt.parallel import collectives
 
@@ -81,11 +82,12 @@ class StepResult:
 class TrainEngine:
     """What the trainer and checkpoints use; subclasses hold a DeepSpeed engine in `self.ds`."""
 
-    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts"):
+    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts", rng: RNGTracker):
         self.ds = ds
         self.ctx = ctx
         self.cfg = cfg
         self.counts = counts
+        self.rng = rng  # the tensor-parallel random stream (checkpoints save and restore it)
         self.zero3 = zero3_partitioning(ds, ctx.layout.data)
 
     @property
@@ -211,7 +213,8 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
 
     prepare_deepspeed(ctx.device, ctx.backend)
     layout = ctx.layout
-    slots = Slots.of(ctx, cfg.parallel)
+    rng = RNGTracker(ctx.device)
+    slots = Slots.of(ctx, cfg.parallel, rng)
     plain = uses_plain_optimizer(cfg)
     if layout.pipeline > 1:
         module = build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
@@ -234,5 +237,8 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
         ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=deepspeed_config(cfg, layout), mpu=mpu)
     log.get("engine").debug("deepspeed engine %s ready", type(ds).__name__)
-    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts)
+    # Dropout streams, seeded once everything is built: the default one shared by the tensor ranks
+    # of a stage, the tensor-parallel one different on each (gpt/parallel/rng.py).
+    rng.seed(cfg.train.seed + 100 * ctx.pp_rank, tp_rank=ctx.tp_rank)
+    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts, rng)
 

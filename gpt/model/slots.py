@@ -10,12 +10,14 @@ Weight init uses one generator per layer, seeded by (train.seed, layer index), a
 split — starts from the same weights as one process.
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
 
@@ -49,7 +51,8 @@ class Slots:
 
     sequence_parallel: the residual stream holds 1/tp_size of the sequence (gpt/model/sequence_parallel.py);
     cp_size > 1: this rank holds two chunks of each sequence (gpt/model/context_parallel.py), which sets
-    the positions it computes at and its attention core.
+    the positions it computes at and its attention core. `rng` decides which random stream dropout
+    draws from (Megatron's rule, gpt/parallel/rng.py).
     """
 
     tp_size: int
@@ -58,6 +61,7 @@ class Slots:
     cp_rank: int = 0
     cp_size: int = 1
     cp_group: object = None
+    rng: object = None  # a gpt.parallel.rng.RNGTracker: how dropout draws (None: eval-only models)
 
     def __post_init__(self):
         self.tp_rank = collectives.rank(self.tp_group) if self.tp_size > 1 else 0  # this rank's place in the group
@@ -66,10 +70,11 @@ class Slots:
         self.sequence_parallel = self.sequence_parallel and self.tp_size > 1
 
     @classmethod
-    def of(cls, ctx, parallel_cfg) -> "Slots":
+    def of(cls, ctx, parallel_cfg, rng=None) -> "Slots":
         """The slots of a rank of a ParallelContext, with parallel.sequence_parallel of its config."""
         return cls(ctx.layout.tensor, ctx.tp_group, sequence_parallel=parallel_cfg.sequence_parallel,
-                   cp_rank=ctx.cp_rank, cp_size=ctx.layout.context, cp_group=ctx.cp_group if ctx.layout.context > 1 else None)
+                   cp_rank=ctx.cp_rank, cp_size=ctx.layout.context, cp_group=ctx.cp_group if ctx.layout.context > 1 else None,
+                   rng=rng)
 
     def column(self, n_in: int, n_out: int, *, bias: bool, init, tied: bool = False) -> ColumnParallelLinear:
         """y[..., n_out/p] = x W_p^T: output features split over the tensor group."""
@@ -101,11 +106,51 @@ class Slots:
         return torch.arange(start, start + t, device=device)
 
     def attention_core(self):
-        """softmax(q k^T / sqrt(hd)) v: SDPA, or its context-parallel form."""
-        if self.cp_size > 1:
-            return ContextParallelAttention(self.cp_group, self.cp_rank, self.cp_size)
-        return F.scaled_dot_product_attention
+        """softmax(q k^T / sqrt(hd)) v: SDPA, or its context-parallel form. Its dropout falls on this
+        rank's heads: it draws from the tensor-parallel stream."""
+        core = ContextParallelAttention(self.cp_group, self.cp_rank, self.cp_size) if self.cp_size > 1 \
+            else F.scaled_dot_product_attention
+        return _InRegion(core, self.tensor_parallel_region) if self.rng is not None else core
+
+    def dropout(self, p: float) -> nn.Module:
+        """Dropout on the residual stream: whole on every tensor rank (the shared stream), or, under
+        sequence parallelism, this rank's part of the sequence (the tensor-parallel stream)."""
+        return _DropoutIn(p, self.tensor_parallel_region) if self.sequence_parallel and self.rng is not None \
+            else nn.Dropout(p)
 
     def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> VocabParallelEmbedding:
         """Rows of the token table split over the tensor group; lookups all-reduced."""
         return VocabParallelEmbedding(n_vocab, n_embd, init_method=init, config=self.config, tp_group=self.tp_group)
+
+    def tensor_parallel_region(self):
+        """Context for random ops on split activations: they draw from the tensor-parallel stream
+        (different on every tensor rank); outside it, from the stream all tensor ranks share."""
+        return self.rng.fork() if self.rng is not None else contextlib.nullcontext()
+
+    def recompute(self, fn, *args):
+        """fn(*args), its activations recomputed in backward, with the same dropout masks in both streams."""
+        context_fn = self.rng.recompute_contexts if self.rng is not None else torch.utils.checkpoint.noop_context_fn
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn)
+
+
+class _InRegion:
+    """`fn` called inside `region()` (a context manager factory)."""
+
+    def __init__(self, fn, region):
+        self.fn, self.region = fn, region
+
+    def __call__(self, *args, **kwargs):
+        with self.region():
+            return self.fn(*args, **kwargs)
+
+
+class _DropoutIn(nn.Dropout):
+    """nn.Dropout whose masks come from the random stream `region()` selects."""
+
+    def __init__(self, p: float, region):
+        super().__init__(p)
+        self.region = region
+
+    def forward(self, x):
+        with self.region():
+            return super().forward(x)

@@ -13,7 +13,6 @@ DeepSpeed, gloo and the data loader cancel in the difference.
 import json
 import sys
 
-import pytest
 from helpers import env_for_subprocess, run_module, tiny_overrides
 
 from gpt.config import compose
