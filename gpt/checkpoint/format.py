@@ -150,7 +150,7 @@ def read_pointer(root: Path, pointer: str) -> str | None:
     path = Path(root) / pointer
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no pointer, or no checkpoints/ directory at all
         return None
     fix = (f"delete it to resume from the newest complete checkpoint in {root}, or write the name of one of its "
            f"step_* directories into it")
