@@ -27,8 +27,7 @@ class Embedding(nn.Module):
         self.wte = slots.vocab_embedding(vocab, cfg.n_embd, init=init.normal())
         self.wpe = None
         if cfg.position == "learned":
-            self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-            init.normal()(self.wpe.weight)
+            self.wpe = slots.embedding(cfg.max_seq_len, cfg.n_embd, init=init.normal())
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
@@ -43,8 +42,14 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+        self.head_dim, self.max_seq_len, self.theta = head_dim, max_seq_len, theta
+        self.reset_buffers()
+
+    def reset_buffers(self, device=None) -> None:
+        """(Re)compute the cos/sin tables, on `device` (a model built on the meta device is materialised so)."""
+        hd, f32 = self.head_dim, dict(dtype=torch.float32, device=device)
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, hd, 2, **f32) / hd))
+        freqs = torch.outer(torch.arange(self.max_seq_len, **f32), inv_freq)  # (T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)

@@ -1,62 +1,232 @@
-"""Which class fills each slot of the model: megatron-core's tensor-parallel layers.
+"""Which class fills each slot of the model, and how every parameter gets its first value.
 
 The transformer in `gpt.py` is written as if for one device; tensor parallelism enters only here.
-With tensor size 1 these are ordinary linears/embeddings. Column-parallel layers split their
-output features over the tensor group, row-parallel layers their input features (followed by an
-all-reduce), the vocab-parallel embedding its rows.
+Column-parallel layers split their output features over the tensor group, row-parallel layers their
+input features (followed by an all-reduce), the vocab-parallel embedding its rows (megatron-core's
+classes; with tensor size 1 they are ordinary linears/embeddings).
 
-Weight init uses one generator per layer, seeded by (train.seed, layer index), and builds the full
-(unsplit) matrix before taking this rank's slice, so every layout — any tensor size, any pipeline
-split — starts from the same weights as one process.
+Init without the whole matrix. A weight's values are defined tile by tile along the dimension its
+slot splits over the tensor group (rows of column-parallel weights and of the embedding, columns of
+row-parallel weights; rows of replicated tensors): tile k holds `TILE` rows/columns drawn from its
+own generator, seeded by (train.seed, layer index, the tensor's place in the layer, k). A rank
+holding rows a..b of a weight draws only the tiles that overlap them, straight into its own slice,
+in its dtype, on its device; the tiles never depend on the layout, so every tensor size and pipeline
+split starts from exactly the weights of one process. Slot classes give their parameters their
+first value through `initialize` (the one place that draws), inside their own `__init__`, so that
+it also works on the meta device (the recipe is kept and applied by `build.materialize`) and under
+`deepspeed.zero.Init` (drawn before ZeRO-3 partitions the tensor).
 """
 
 import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 from megatron.core import ModelParallelConfig
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+
+TILE = 256  # rows (or columns) per init tile: a property of the tensor, never of the layout
+_MASK = (1 << 64) - 1
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix64 over the parts): distinct keys give unrelated streams."""
+    h = 0x9E3779B97F4A7C15
+    for part in parts:
+        h = (h ^ (part & _MASK)) * 0xBF58476D1CE4E5B9 & _MASK
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _MASK
+        h ^= h >> 31
+    return h >> 1
+
+
+@dataclass(frozen=True)
+class Normal:
+    """N(0, std) for one tensor, tile by tile; `key` names the tensor (seed, layer, place in the layer)."""
+
+    key: tuple[int, ...]
+    std: float
+
+    def fill(self, local: torch.Tensor, *, dim: int, start: int, full: int) -> None:
+        """Fill `local`, indices [start, start + local.shape[dim]) along `dim` of a tensor `full` long there."""
+        n = local.shape[dim]
+        for k in range(start // TILE, (start + n - 1) // TILE + 1):
+            lo, hi = k * TILE, min((k + 1) * TILE, full)
+            shape = list(local.shape)
+            shape[dim] = hi - lo
+            gen = torch.Generator(device="cpu").manual_seed(_mix(*self.key, k))
+            tile = torch.empty(shape, dtype=torch.float32, device="cpu").normal_(0.0, self.std, generator=gen)
+            a, b = max(lo, start), min(hi, start + n)
+            local.narrow(dim, a - start, b - a).copy_(tile.narrow(dim, a - lo, b - a))
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        """Fill a whole (unsplit) tensor, e.g. a replicated one built outside a slot."""
+        with torch.no_grad():
+            self.fill(w, dim=0, start=0, full=w.shape[0])
+        return w
+
+
+@dataclass(frozen=True)
+class Constant:
+    """Every element `value` (biases 0, norm gains 1)."""
+
+    value: float
+
+    def fill(self, local: torch.Tensor, *, dim: int, start: int, full: int) -> None:
+        local.fill_(self.value)
+
+
+ZEROS = Constant(0.0)
+
+
+def _fill_from_full(fn, local: torch.Tensor, *, dim: int, start: int, full: int) -> None:
+    """An init that only knows whole matrices (e.g. a LoRA factor's): draw it whole in fp32, keep the slice.
+
+    Only for small tensors; model weights use tile-wise recipes (`Normal`)."""
+    shape = list(local.shape)
+    shape[dim] = full
+    whole = torch.empty(shape, dtype=torch.float32, device="cpu")
+    fn(whole)
+    local.copy_(whole.narrow(dim, start, local.shape[dim]))
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The recipe of a parameter built on the meta device, applied when it is materialised."""
+
+    init: object
+    dim: int | None
+    rank: int
+    size: int
+
+
+def fill(local: torch.Tensor, init, *, dim: int | None, rank: int = 0, size: int = 1) -> None:
+    """Give `local`, tensor rank `rank`'s slice along `dim` of a tensor split over `size` ranks (dim None:
+    replicated, the whole tensor), the values one process would give the whole tensor."""
+    if dim is None:
+        dim, rank, size = 0, 0, 1
+    n = local.shape[dim]
+    with torch.no_grad():
+        if hasattr(init, "fill"):
+            init.fill(local, dim=dim, start=rank * n, full=size * n)
+        else:
+            _fill_from_full(init, local, dim=dim, start=rank * n, full=size * n)
+
+
+def initialize(param: torch.Tensor, init, *, dim: int | None, rank: int = 0, size: int = 1, draw: bool = True) -> None:
+    """The first value of a slot's parameter (see the module docstring); slot classes call this in
+    their `__init__`. On the meta device the recipe is kept for `build.materialize`; `draw=False`
+    (a checkpoint will overwrite it) leaves the memory as allocated."""
+    if param.is_meta:
+        param.gpt_init = Pending(init, dim, rank, size)
+    elif draw:
+        fill(param.data, init, dim=dim, rank=rank, size=size)
 
 
 class LayerInit:
-    """Normal(0, std) init drawn from a generator private to one layer."""
+    """The init recipes of one layer: each `normal()` names the next tensor of the layer.
+
+    Tensor j of layer i is N(0, std) drawn tile-wise from seeds (seed, i, j, tile); the order of
+    `normal()` calls within a layer's construction is the same in every layout. Build each layer from
+    its own LayerInit (a second build from the same object would name its tensors j+1, ...).
+    """
 
     def __init__(self, seed: int, layer_index: int, std: float, n_layer: int):
-        self.generator = torch.Generator().manual_seed(seed * 100_003 + layer_index)
+        self.seed, self.layer_index, self.count = seed, layer_index, 0
         self.std = std
         self.residual_std = std / math.sqrt(2 * n_layer)  # GPT-2: scale residual projections
 
-    def normal(self, std: float | None = None):
-        std = self.std if std is None else std
+    def normal(self, std: float | None = None) -> Normal:
+        key = (self.seed, self.layer_index, self.count)
+        self.count += 1
+        return Normal(key, self.std if std is None else std)
 
-        def init_(w: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return w.normal_(0.0, std, generator=self.generator)
 
-        return init_
+def _group_rank_size(group) -> tuple[int, int]:
+    from megatron.core.utils import get_pg_rank, get_pg_size
+
+    return get_pg_rank(group), get_pg_size(group)
+
+
+class ColumnLinear(ColumnParallelLinear):
+    """megatron's ColumnParallelLinear (output rows split), its weight drawn tile-wise by rows."""
+
+    def __init__(self, n_in: int, n_out: int, *, slots: "Slots", bias: bool, init, tied: bool):
+        super().__init__(n_in, n_out, config=slots.config, init_method=init, bias=bias, gather_output=False,
+                         skip_weight_param_allocation=tied, tp_group=slots.tp_group)
+        if self.weight is not None:
+            set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+            slots.initialize(self.weight, init, dim=0)
+        if self.bias is not None:
+            slots.initialize(self.bias, ZEROS, dim=0)
+
+
+class RowLinear(RowParallelLinear):
+    """megatron's RowParallelLinear (input columns split), its weight drawn tile-wise by columns."""
+
+    def __init__(self, n_in: int, n_out: int, *, slots: "Slots", bias: bool, init):
+        super().__init__(n_in, n_out, config=slots.config, init_method=init, bias=bias, input_is_parallel=True,
+                         skip_bias_add=False, tp_group=slots.tp_group)
+        set_tensor_model_parallel_attributes(self.weight, True, 1, 1)
+        slots.initialize(self.weight, init, dim=1)
+        if self.bias is not None:
+            slots.initialize(self.bias, ZEROS, dim=None)
+
+
+class VocabEmbedding(VocabParallelEmbedding):
+    """megatron's VocabParallelEmbedding (rows split), drawn tile-wise by rows."""
+
+    def __init__(self, n_vocab: int, n_embd: int, *, slots: "Slots", init):
+        super().__init__(n_vocab, n_embd, init_method=init, config=slots.config, tp_group=slots.tp_group)
+        set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+        slots.initialize(self.weight, init, dim=0)
+
+
+class ReplicatedEmbedding(nn.Embedding):
+    """A table every tensor rank holds whole (learned positions)."""
+
+    def __init__(self, n: int, n_embd: int, *, slots: "Slots", init):
+        super().__init__(n, n_embd, _weight=torch.empty(n, n_embd, dtype=slots.params_dtype))
+        slots.initialize(self.weight, init, dim=None)
 
 
 @dataclass
 class Slots:
-    """Factory for the parallel layers of one model (holds the tensor group and megatron config)."""
+    """Factory for the parallel layers of one model (holds the tensor group and megatron config).
+
+    `draw=False` builds without drawing the init (a checkpoint is about to set every weight);
+    `params_dtype` is the dtype the slot parameters are allocated in.
+    """
 
     tp_size: int
     tp_group: object = None
+    draw: bool = True
+    params_dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
+        # CPU "initialization" only decides where megatron allocates (the current device context:
+        # meta, CPU, or the GPU under torch.device); it never initialises (we do, tile-wise).
         self.config = ModelParallelConfig(tensor_model_parallel_size=self.tp_size, use_cpu_initialization=True,
-                                          perform_initialization=True, params_dtype=torch.float32)
+                                          perform_initialization=False, params_dtype=self.params_dtype)
+        self.tp_rank = _group_rank_size(self.tp_group)[0] if self.tp_size > 1 else 0
+
+    def initialize(self, param: torch.Tensor, init, *, dim: int | None) -> None:
+        """This rank's slice of `param` (split along `dim` over the tensor group; None: replicated)."""
+        initialize(param, init, dim=dim, rank=self.tp_rank if dim is not None else 0,
+                   size=self.tp_size if dim is not None else 1, draw=self.draw)
 
     def column(self, n_in: int, n_out: int, *, bias: bool, init, tied: bool = False) -> ColumnParallelLinear:
         """y[..., n_out/p] = x W_p^T: output features split over the tensor group."""
-        return ColumnParallelLinear(n_in, n_out, config=self.config, init_method=init, bias=bias,
-                                    gather_output=False, skip_weight_param_allocation=tied, tp_group=self.tp_group)
+        return ColumnLinear(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
 
     def row(self, n_in: int, n_out: int, *, bias: bool, init) -> RowParallelLinear:
         """y[..., n_out] = all-reduce(x[..., n_in/p] W_p^T): input features split over the tensor group."""
-        return RowParallelLinear(n_in, n_out, config=self.config, init_method=init, bias=bias,
-                                 input_is_parallel=True, skip_bias_add=False, tp_group=self.tp_group)
+        return RowLinear(n_in, n_out, slots=self, bias=bias, init=init)
 
     def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> VocabParallelEmbedding:
         """Rows of the token table split over the tensor group; lookups all-reduced."""
-        return VocabParallelEmbedding(n_vocab, n_embd, init_method=init, config=self.config, tp_group=self.tp_group)
+        return VocabEmbedding(n_vocab, n_embd, slots=self, init=init)
+
+    def embedding(self, n: int, n_embd: int, *, init) -> nn.Embedding:
+        """A replicated table (learned positions)."""
+        return ReplicatedEmbedding(n, n_embd, slots=self, init=init)

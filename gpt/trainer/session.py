@@ -78,10 +78,9 @@ def pretrain(cfg: TrainingConfig) -> int:
 finetune = pretrain  # a FinetuneConfig adds the `peft` section, which build_engine applies
 
 
-def resume(session: Session, shape) -> None:
-    """Load the run's checkpoint (any layout) into the session, or the init_from weights, or nothing."""
+def resume(session: Session, shape, selected: tuple[Path, dict] | None) -> None:
+    """Load the run's `selected` checkpoint (any layout) into the session, or the init_from weights, or nothing."""
     cfg, ctx, engine = session.cfg, session.ctx, session.engine
-    selected = select_checkpoint(Path(cfg.run.dir), ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
     if selected is not None:
         ckpt, meta = selected
         check_architecture(meta, session.config_dict["model"], ckpt)
@@ -125,11 +124,13 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
                                          micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank,
                                          dp_size=ctx.layout.data, seed=cfg.train.seed)
     tokenizer = load_tokenizer(data_dir(cfg))
-    engine = build_engine(cfg, ctx, shape)
+    selected = select_checkpoint(run_dir, ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
+    # A resume or model.init_from sets every weight: drawing the random init first would be wasted.
+    engine = build_engine(cfg, ctx, shape, init_weights=selected is None and not cfg.model.init_from)
     cdict = config_dict(cfg)
     session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(), None, None)
 
-    resume(session, shape)
+    resume(session, shape, selected)
     writes = ctx.is_logging_rank and log_to_run_dir
     if writes:
         _write_config(cdict, run_dir)
