@@ -2,8 +2,11 @@
 
 The transformer in `gpt.py` is written as if for one device; tensor parallelism enters only here.
 Column-parallel layers split their output features over the tensor group, row-parallel layers their
-input features (followed by an all-reduce), the vocab-parallel embedding its rows (megatron-core's
-classes; with tensor size 1 they are ordinary linears/embeddings).
+input features (followed by an all-reduce), the vocab-parallel embedding its rows: megatron-core's
+classes (gpt/model/tp_layers.py), imported only for tensor size > 1. At tensor size 1 there is
+nothing to split and the slots are plain `F.linear` / `F.embedding` modules with the same parameter
+names, shapes, init and tensor-parallel attributes (so one process never imports megatron: a
+one-process load, e.g. gpt-generate, starts seconds sooner).
 
 Init without the whole matrix. A weight's values are defined tile by tile along the dimension its
 slot splits over the tensor group (rows of column-parallel weights and of the embedding, columns of
@@ -22,9 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
-from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
+import torch.nn.functional as F
 
 TILE = 256  # rows (or columns) per init tile: a property of the tensor, never of the layout
 _MASK = (1 << 64) - 1
@@ -142,57 +143,87 @@ class LayerInit:
         return Normal(key, self.std if std is None else std)
 
 
-def _group_rank_size(group) -> tuple[int, int]:
-    from megatron.core.utils import get_pg_rank, get_pg_size
-
-    return get_pg_rank(group), get_pg_size(group)
-
-
-class ColumnLinear(ColumnParallelLinear):
-    """megatron's ColumnParallelLinear (output rows split), its weight drawn tile-wise by rows."""
-
-    def __init__(self, n_in: int, n_out: int, *, slots: "Slots", bias: bool, init, tied: bool):
-        super().__init__(n_in, n_out, config=slots.config, init_method=init, bias=bias, gather_output=False,
-                         skip_weight_param_allocation=tied, tp_group=slots.tp_group)
-        if self.weight is not None:
-            set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
-            slots.initialize(self.weight, init, dim=0)
-        if self.bias is not None:
-            slots.initialize(self.bias, ZEROS, dim=0)
+def set_split(param: torch.Tensor, dim: int) -> None:
+    """Mark `param` as split along `dim` over the tensor group (megatron's attribute names, which
+    checkpoints and the gradient norm read), also where the group has one rank."""
+    param.tensor_model_parallel, param.partition_dim, param.partition_stride = True, dim, 1
 
 
-class RowLinear(RowParallelLinear):
-    """megatron's RowParallelLinear (input columns split), its weight drawn tile-wise by columns."""
+class Linear(nn.Module):
+    """y = x W^T + b as one F.linear: a column- or row-parallel slot at tensor size 1.
 
-    def __init__(self, n_in: int, n_out: int, *, slots: "Slots", bias: bool, init):
-        super().__init__(n_in, n_out, config=slots.config, init_method=init, bias=bias, input_is_parallel=True,
-                         skip_bias_add=False, tp_group=slots.tp_group)
-        set_tensor_model_parallel_attributes(self.weight, True, 1, 1)
-        slots.initialize(self.weight, init, dim=1)
-        if self.bias is not None:
-            slots.initialize(self.bias, ZEROS, dim=None)
+    forward(x, weight=None) -> (y, None), or (x W^T, b) with `skip_bias_add`, like megatron's layers.
+    """
+
+    slot = "column"
+
+    def __init__(self, n_in: int, n_out: int, *, slots: "Slots", bias: bool, init, tied: bool = False):
+        super().__init__()
+        self.input_size, self.output_size = n_in, n_out
+        self.skip_bias_add = False
+        dim = 0 if self.slot == "column" else 1
+        self.weight = None
+        if not tied:
+            self.weight = nn.Parameter(torch.empty(n_out, n_in, dtype=slots.params_dtype))
+            set_split(self.weight, dim)
+            slots.initialize(self.weight, init, dim=dim)
+        self.bias = None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(n_out, dtype=slots.params_dtype))
+            if self.slot == "column":  # split with the rows; a row-parallel bias is replicated
+                set_split(self.bias, 0)
+            slots.initialize(self.bias, ZEROS, dim=0 if self.slot == "column" else None)
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None):
+        w = self.weight if weight is None else weight
+        if self.skip_bias_add:
+            return F.linear(x, w), self.bias
+        return F.linear(x, w, self.bias), None
 
 
-class VocabEmbedding(VocabParallelEmbedding):
-    """megatron's VocabParallelEmbedding (rows split), drawn tile-wise by rows."""
+class ColumnLinear(Linear):
+    """The column-parallel slot at tensor size 1."""
+
+
+class RowLinear(Linear):
+    """The row-parallel slot at tensor size 1 (weight split on its input features: partition_dim 1)."""
+
+    slot = "row"
+
+
+class Embedding(nn.Module):
+    """The vocab-parallel embedding at tensor size 1: one F.embedding."""
+
+    slot = "vocab"
 
     def __init__(self, n_vocab: int, n_embd: int, *, slots: "Slots", init):
-        super().__init__(n_vocab, n_embd, init_method=init, config=slots.config, tp_group=slots.tp_group)
-        set_tensor_model_parallel_attributes(self.weight, True, 0, 1)
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_vocab, n_embd, dtype=slots.params_dtype))
+        set_split(self.weight, 0)
         slots.initialize(self.weight, init, dim=0)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return F.embedding(idx, self.weight)
 
 
 class ReplicatedEmbedding(nn.Embedding):
     """A table every tensor rank holds whole (learned positions)."""
+
+    slot = "replicated"
 
     def __init__(self, n: int, n_embd: int, *, slots: "Slots", init):
         super().__init__(n, n_embd, _weight=torch.empty(n, n_embd, dtype=slots.params_dtype))
         slots.initialize(self.weight, init, dim=None)
 
 
+def is_column(module: nn.Module) -> bool:
+    """A column-parallel linear (any tensor size): output features split, replicated input."""
+    return getattr(module, "slot", None) == "column"
+
+
 @dataclass
 class Slots:
-    """Factory for the parallel layers of one model (holds the tensor group and megatron config).
+    """Factory for the layers of one model (holds the tensor group; megatron's classes above size 1).
 
     `draw=False` builds without drawing the init (a checkpoint is about to set every weight);
     `params_dtype` is the dtype the slot parameters are allocated in.
@@ -204,28 +235,36 @@ class Slots:
     params_dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
-        # CPU "initialization" only decides where megatron allocates (the current device context:
-        # meta, CPU, or the GPU under torch.device); it never initialises (we do, tile-wise).
-        self.config = ModelParallelConfig(tensor_model_parallel_size=self.tp_size, use_cpu_initialization=True,
-                                          perform_initialization=False, params_dtype=self.params_dtype)
-        self.tp_rank = _group_rank_size(self.tp_group)[0] if self.tp_size > 1 else 0
+        self.tp_rank = 0
+        if self.tp_size > 1:
+            from gpt.model import tp_layers
+
+            self.layers = tp_layers
+            self.config = tp_layers.megatron_config(self.tp_size, self.params_dtype)
+            self.tp_rank = tp_layers.group_rank(self.tp_group)
 
     def initialize(self, param: torch.Tensor, init, *, dim: int | None) -> None:
         """This rank's slice of `param` (split along `dim` over the tensor group; None: replicated)."""
         initialize(param, init, dim=dim, rank=self.tp_rank if dim is not None else 0,
                    size=self.tp_size if dim is not None else 1, draw=self.draw)
 
-    def column(self, n_in: int, n_out: int, *, bias: bool, init, tied: bool = False) -> ColumnParallelLinear:
+    def column(self, n_in: int, n_out: int, *, bias: bool, init, tied: bool = False) -> nn.Module:
         """y[..., n_out/p] = x W_p^T: output features split over the tensor group."""
-        return ColumnLinear(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
+        if self.tp_size == 1:
+            return ColumnLinear(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
+        return self.layers.ParallelColumn(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
 
-    def row(self, n_in: int, n_out: int, *, bias: bool, init) -> RowParallelLinear:
+    def row(self, n_in: int, n_out: int, *, bias: bool, init) -> nn.Module:
         """y[..., n_out] = all-reduce(x[..., n_in/p] W_p^T): input features split over the tensor group."""
-        return RowLinear(n_in, n_out, slots=self, bias=bias, init=init)
+        if self.tp_size == 1:
+            return RowLinear(n_in, n_out, slots=self, bias=bias, init=init)
+        return self.layers.ParallelRow(n_in, n_out, slots=self, bias=bias, init=init)
 
-    def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> VocabParallelEmbedding:
+    def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> nn.Module:
         """Rows of the token table split over the tensor group; lookups all-reduced."""
-        return VocabEmbedding(n_vocab, n_embd, slots=self, init=init)
+        if self.tp_size == 1:
+            return Embedding(n_vocab, n_embd, slots=self, init=init)
+        return self.layers.ParallelVocabEmbedding(n_vocab, n_embd, slots=self, init=init)
 
     def embedding(self, n: int, n_embd: int, *, init) -> nn.Embedding:
         """A replicated table (learned positions)."""
