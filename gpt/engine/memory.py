@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import Layout
 from gpt.engine.deepspeed_config import deepspeed_zero_stage
-from gpt.engine.pipeline import stage_boundaries
+from gpt.engine.pipeline import blocks_per_stage, stage_boundaries
 from gpt.model.build import ModelShape
 from gpt.model.gpt import layer_parameters
 
@@ -84,3 +84,169 @@ def human_bytes(n: float) -> str:
             return f"{n:.2f} {unit}" if unit != "B" else f"{n:.0f} B"
         n /= 1024
     return f"{n:.2f} TiB"
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole step, as DeepSpeed and this model's autograd hold it: what gpt-plan prints and what
+# `estimate_step` returns. Bytes per parameter follow DeepSpeed 0.19's allocations (Psi: this
+# rank's parameters, N: data-parallel ranks, e: 4 bytes in fp32, 2 in bf16/fp16):
+#
+#   stage  weights        gradients                          optimizer state
+#   0      4 (fp32)       4                                  8 (AdamW m, v)
+#   1      e              fp32: 4 + 4/N (the partition at the step); bf16 (BF16_Optimizer): 4
+#                         (fp32 accumulation); fp16: 2 + 4/N                 12/N (fp32 master, m, v)
+#   2      e              e/N + 4/N (fp32 partition at the step)             12/N
+#   3      e/N            e/N + 4/N                          8/N, + 4/N for a 16-bit model's fp32 master
+#
+# For 16-bit models stage 2 is DeepSpeed's estimate_zero2_model_states_mem_needs exactly (2 + 18/N);
+# stage 3 counts the 16-bit gradient partition (grad_partitions_flat_buffer) that DeepSpeed's
+# estimate_zero3 leaves out (20/N against its 18/N). `buffers` (buffer_bytes): DeepSpeed's buckets,
+# ZeRO-3's gathered layers, the pipeline's kept outputs.
+
+@dataclass(frozen=True)
+class RankPlan:
+    """One rank's memory for one training step (bytes; the ranks of one pipeline stage are alike)."""
+
+    stage: int  # pipeline stage
+    params: int  # parameters this rank holds (its tensor slice of its stage), before ZeRO-3 partitioning
+    largest_layer: int  # parameters of its largest module (ZeRO-3 gathers one whole)
+    weights: float
+    gradients: float
+    optimizer: float
+    buffers: float  # DeepSpeed's gradient bucket; at ZeRO-3 also the gathered largest layer
+    activations: float  # saved for backward, and the loss, with train.activation_checkpointing as set
+    activations_other: float  # the same with activation checkpointing the other way round
+    micro_batches_in_flight: int  # pipelines: forward passes a stage holds before its first backward
+
+    @property
+    def model_states(self) -> float:
+        return self.weights + self.gradients + self.optimizer
+
+    @property
+    def total(self) -> float:
+        return self.model_states + self.buffers + self.activations
+
+
+ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+def model_state_bytes(params: int, precision: str, stage: int, data: int) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer state) bytes of a rank holding `params` trainable parameters."""
+    e, n, p = ELEMENT[precision], data, float(params)
+    if stage == 0:
+        return 4 * p, 4 * p, 8 * p
+    if stage == 1:
+        grads = {"fp32": 4 + 4 / n, "bf16": 4.0, "fp16": 2 + 4 / n}[precision]
+        return e * p, grads * p, 12 * p / n
+    if stage == 2:
+        return e * p, (e + 4) * p / n, 12 * p / n
+    return e * p / n, (e + 4) * p / n, (8 + (4 if e == 2 else 0)) * p / n
+
+
+def _zero_config(cfg: TrainingConfig) -> dict:
+    return dict(cfg.deepspeed.get("zero_optimization", {}))
+
+
+def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: int, params: int,
+                 largest: int) -> float:
+    """What DeepSpeed holds besides model states and autograd's activations, on a rank of `stage`:
+
+    - ZeRO 2/3: the gradient bucket (zero_optimization.reduce_bucket_size elements, at most the
+      rank's parameters);
+    - ZeRO 3: the parameters gathered whole (the module running plus what is prefetched:
+      stage3_prefetch_bucket_size elements, at most all of them) and the largest layer's whole
+      gradient before its reduce-scatter (with the gathered layer, DeepSpeed's "largest layer memory");
+    - pipelines, last stage: the previous micro-batch's logits (each pipe buffer keeps its output
+      until it is reused) and, with tied embeddings, a copy of the embedding's gradient for the
+      all-reduce between first and last stage.
+    """
+    zero, e, z = deepspeed_zero_stage(cfg), ELEMENT[cfg.train.precision], _zero_config(cfg)
+    out = 0.0
+    if zero >= 2:
+        out += e * min(int(float(z.get("reduce_bucket_size", 5e8))), params)
+    if zero == 3:
+        prefetch = int(float(z.get("stage3_prefetch_bucket_size", 5e7)))
+        out += e * min(params, largest + prefetch) + e * largest
+    if layout.pipeline > 1 and stage == layout.pipeline - 1:
+        m, t = cfg.model, layout.tensor
+        tokens = cfg.train.micro_batch_size * cfg.train.seq_len
+        if layout.grad_accum > 1:
+            out += e * tokens * shape.padded_vocab // t
+        if m.tie_embeddings:
+            out += 4 * shape.padded_vocab // t * m.n_embd
+    return out
+
+
+def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: int) -> float:
+    """Elements one block saves for backward per token on one tensor rank (this model's autograd:
+    norm inputs and outputs, the fused qkv output, rotated q and k, the attention output, the MLP's
+    hidden activations), measured with saved-tensor hooks in tests/engine/test_memory.py."""
+    m = cfg.model
+    h, t, a, kv = m.n_embd, tensor, m.n_head, m.n_kv_head or m.n_head
+    d, f = h // a, shape.ffn_hidden
+    norms = 2 * (3 if m.norm == "rmsnorm" else 2) * h  # input, (RMSNorm: x*rsqrt), output; replicated
+    attn = ((a + 2 * kv) * d + a * d + (a + kv) * d * (m.position == "rope")) / t
+    mlp = (4 if m.activation == "swiglu" else 2) * f / t
+    return norms + attn + mlp
+
+
+def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: int, *,
+                     checkpointing: bool | None = None, micro_batch_size: int | None = None) -> tuple[float, int]:
+    """(bytes, micro-batches in flight) of the activations a rank of pipeline `stage` holds at its peak:
+    every block's saved tensors for each micro-batch in flight (one without pipelining; 1F1B holds
+    min(stages - stage, micro-batches)), with activation checkpointing only each block's input plus
+    one block recomputed; the last stage adds the loss (fp32 softmax of its vocabulary slice, and the
+    logits it is computed from)."""
+    m, t = cfg.model, layout.tensor
+    ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
+    tokens = (micro_batch_size or cfg.train.micro_batch_size) * cfg.train.seq_len
+    e = ELEMENT[cfg.train.precision]
+    blocks = blocks_per_stage(m, layout.pipeline, cfg.parallel.pipeline_layers)[stage]
+    block = block_activation_elements(cfg, shape, t) * tokens * e
+    per_micro = blocks * (m.n_embd * tokens * e) + block if ckpt else blocks * block
+    last = stage == layout.pipeline - 1
+    if stage == 0:
+        per_micro += m.n_embd * tokens * e  # the embedding output (the first block's input)
+    if last:
+        norm = (3 if m.norm == "rmsnorm" else 2) * m.n_embd * tokens * e
+        vocab = shape.padded_vocab // t * tokens
+        per_micro += norm + vocab * (4 + e + (4 if e != 4 else 0))  # softmax (fp32) + logits (+ fp32 copy)
+    in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1
+    return per_micro * in_flight, in_flight
+
+
+def largest_layer(cfg: TrainingConfig, shape: ModelShape, tensor: int) -> int:
+    """Parameters of the largest module one tensor rank holds (DeepSpeed's model_to_params rule)."""
+    m = cfg.model
+    h, t, kv, d = m.n_embd, tensor, m.n_kv_head or m.n_head, m.n_embd // m.n_head
+    b, f = 1 if m.bias else 0, shape.ffn_hidden
+    qkv = (m.n_head + 2 * kv) * d
+    return max(shape.padded_vocab * h // t, (h * qkv + b * qkv) // t, (h * f + b * f) // t, f * h // t + b * h,
+               m.max_seq_len * h if m.position == "learned" else 0)
+
+
+def plan_ranks(cfg: TrainingConfig, shape: ModelShape, layout: Layout, *, stage_params: list[int] | None = None,
+               stage_largest: list[int] | None = None) -> list[RankPlan]:
+    """One RankPlan per pipeline stage. `stage_params`/`stage_largest` (parameters and largest module
+    per stage, e.g. counted on a model built on the meta device) default to the formulas."""
+    stage_params = stage_params or stage_parameters(cfg, shape, layout)
+    big = largest_layer(cfg, shape, layout.tensor)
+    stage_largest = stage_largest or [big] * layout.pipeline
+    zero, out = deepspeed_zero_stage(cfg), []
+    for s, (params, largest) in enumerate(zip(stage_params, stage_largest)):
+        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data)
+        act, flight = activation_bytes(cfg, shape, layout, s)
+        other, _ = activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
+        out.append(RankPlan(stage=s, params=params, largest_layer=largest, weights=w, gradients=g, optimizer=o,
+                            buffers=buffer_bytes(cfg, shape, layout, s, params, largest), activations=act,
+                            activations_other=other,
+                            micro_batches_in_flight=flight))
+    return out
+
+
+def estimate_step(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> int:
+    """Peak bytes of the busiest rank in one training step: model states, DeepSpeed's buffers and the
+    activations of cfg.train.micro_batch_size samples of cfg.train.seq_len tokens (with the run's
+    activation checkpointing and pipeline schedule). No process group, no model: config arithmetic
+    only, so it can refuse a batch before anything starts (see gpt-plan for the breakdown)."""
+    return int(max(r.total for r in plan_ranks(cfg, shape, layout)))

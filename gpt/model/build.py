@@ -39,7 +39,7 @@ def build_model(cfg: ModelConfig, shape: ModelShape, *, seed: int, tp_size: int 
                 device="cpu", dtype: torch.dtype = torch.float32, init: bool = True) -> GPT:
     """This tensor rank's GPT. `device`: where its parameters live ("meta": nowhere, for planning);
     None builds in the caller's context instead (e.g. under deepspeed.zero.Init), drawing each slot
-    as it is built. `init=False`: leave the weights as allocated (a checkpoint will set them all)."""
+    as it is built. `init=False`: zeros, nothing drawn (a checkpoint will set every weight)."""
     if device is None:
         slots = Slots(tp_size, tp_group, draw=init, params_dtype=dtype)
         return GPT(cfg, slots, vocab=shape.padded_vocab, ffn_hidden=shape.ffn_hidden, seed=seed)
@@ -59,8 +59,8 @@ _SELF_INITIALISING = (nn.LayerNorm, nn.RMSNorm)
 def materialize(module: nn.Module, *, device, dtype: torch.dtype, init: bool = True,
                 values: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Allocate every meta parameter of `module` on `device` in `dtype` (this rank's slice only, as
-    built) and give it its recipe's value (`init=False`: none), or take `values[name]` as it is
-    (a checkpoint's tensor becomes the parameter: no copy when device and dtype agree). Meta buffers
+    built) and give it its recipe's value (`init=False`: zeros, nothing drawn), or take `values[name]`
+    as it is (a checkpoint's tensor becomes the parameter: no copy when device and dtype agree). Meta buffers
     are recomputed there, others moved. Parameters keep their attributes (tensor-parallel split, ...)
     and their sharing."""
     done: dict[int, nn.Parameter] = {}
@@ -76,8 +76,8 @@ def materialize(module: nn.Module, *, device, dtype: torch.dtype, init: bool = T
                     if tuple(value.shape) != tuple(p.shape):
                         raise ValueError(f"{full_name}: shape {tuple(value.shape)}, the model's is {tuple(p.shape)}")
                     data = value.to(device=device, dtype=dtype)
-                else:
-                    data = torch.empty(p.shape, device=device, dtype=dtype)
+                else:  # zeros without init: finite for the optimizer's state-creating step before a load
+                    data = (torch.empty if init else torch.zeros)(p.shape, device=device, dtype=dtype)
                 new = nn.Parameter(data, requires_grad=p.requires_grad)
                 attrs = dict(p.__dict__)
                 pending = attrs.pop("gpt_init", None)

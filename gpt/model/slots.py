@@ -117,11 +117,15 @@ def fill(local: torch.Tensor, init, *, dim: int | None, rank: int = 0, size: int
 def initialize(param: torch.Tensor, init, *, dim: int | None, rank: int = 0, size: int = 1, draw: bool = True) -> None:
     """The first value of a slot's parameter (see the module docstring); slot classes call this in
     their `__init__`. On the meta device the recipe is kept for `build.materialize`; `draw=False`
-    (a checkpoint will overwrite it) leaves the memory as allocated."""
+    (a checkpoint will overwrite it) only zeroes it: nothing is drawn, and the optimizer's first
+    (state-creating) step before the load sees finite weights."""
     if param.is_meta:
         param.gpt_init = Pending(init, dim, rank, size)
     elif draw:
         fill(param.data, init, dim=dim, rank=rank, size=size)
+    else:
+        with torch.no_grad():
+            param.data.zero_()
 
 
 class LayerInit:
