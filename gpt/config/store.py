@@ -4,6 +4,7 @@ from hydra.core.config_store import ConfigStore
 
 from gpt.config.commands import CheckpointToolConfig, EvaluateConfig, ExportConfig, GenerateConfig, PreprocessConfig
 from gpt.config.finetune import FinetuneConfig
+from gpt.config.plan import PlanConfig
 from gpt.config.training import TrainingConfig
 
 SCHEMAS = {
@@ -14,6 +15,9 @@ SCHEMAS = {
     "eval_schema": EvaluateConfig,
     "export_schema": ExportConfig,
     "checkpoint_schema": CheckpointToolConfig,
+    # Not "plan_schema": the launcher starts every `<name>` whose `<name>_schema` is a TrainingConfig
+    # under torchrun, and gpt-plan (a TrainingConfig plus the machine) is one process that starts nothing.
+    "planner_schema": PlanConfig,
 }
 
 # Command-line spellings that name another key: `gpt-finetune checkpoint=<path>` reads like gpt-eval,

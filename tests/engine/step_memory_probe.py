@@ -4,7 +4,7 @@ torchrun). Measured: the growth of this process's peak RSS (VmHWM, reset after t
 exist) over its RSS at that point, i.e. what the engine, the model and the steps added; on CPU that
 is the memory the plan's figure describes (GPU runs would read torch.cuda.max_memory_allocated).
 
-    torchrun --nproc_per_node=N tests/engine/step_memory_probe.py STEPS key=value ...
+    torchrun --nproc_per_node=N -m tests.engine.step_memory_probe STEPS key=value ...
 """
 
 import json
