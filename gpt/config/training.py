@@ -44,6 +44,16 @@ class ModelConfig:
     """learned (GPT-2 absolute positions) | rope (rotary, Llama)."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""
+    rope_scaling: str = "none"
+    """none | linear | ntk | llama3: rescaled RoPE frequencies for a longer context than pretraining had (docs/parallelism.md, long sequences). With model.init_from, setting it extends the source: model.max_seq_len becomes the source's times model.rope_factor."""
+    rope_factor: float = 1.0
+    """Context extension factor of model.rope_scaling (new context / original context)."""
+    rope_original_max_seq_len: Optional[int] = None
+    """The pretraining context that llama3 scaling keeps high frequencies for; null: model.max_seq_len / model.rope_factor."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 scaling: wavelengths above original context / this are divided by rope_factor."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 scaling: wavelengths below original context / this are kept."""
     tie_embeddings: bool = True
     """Share the input embedding with the output head."""
     init_std: float = 0.02
@@ -61,7 +71,11 @@ class ParallelConfig:
     pipeline_layers: Optional[List[int]] = None
     """Transformer blocks per pipeline stage (sums to model.n_layer); null splits them evenly."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3 over the data-parallel group (data parallel = world / (tensor*pipeline))."""
+    """DeepSpeed ZeRO stage 0-3 over the data-parallel group (data parallel = world / (tensor*pipeline*context)); with context parallelism the context ranks join it, as in Megatron."""
+    context: int = 1
+    """Context-parallel size: each sequence is split into 2*context chunks, rank i of the context group holding chunks i and 2*context-1-i; attention all-gathers keys and values over the group (docs/parallelism.md)."""
+    sequence_parallel: bool = False
+    """With parallel.tensor > 1: norms, dropout and the residual stream hold 1/tensor of the sequence on each rank (Megatron's sequence parallelism): all-gather before column-parallel linears, reduce-scatter after row-parallel ones."""
 
 
 @dataclass(kw_only=True)

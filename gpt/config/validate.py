@@ -21,9 +21,16 @@ class Layout:
     pipeline: int
     data: int
     grad_accum: int
+    context: int = 1
+
+    @property
+    def data_context(self) -> int:
+        """Ranks that reduce gradients and share ZeRO state: data x context (Megatron's dp-cp group)."""
+        return self.data * self.context
 
     def describe(self) -> str:
-        return (f"world={self.world} = tensor {self.tensor} x data {self.data} x pipeline {self.pipeline}; "
+        cp = f" x context {self.context}" if self.context > 1 else ""
+        return (f"world={self.world} = tensor {self.tensor}{cp} x data {self.data} x pipeline {self.pipeline}; "
                 f"gradient accumulation {self.grad_accum}")
 
 
@@ -71,7 +78,7 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     for key, v in (("model.n_layer", m.n_layer), ("model.n_head", m.n_head), ("model.n_embd", m.n_embd),
                    ("train.seq_len", t.seq_len), ("train.global_batch_size", t.global_batch_size),
                    ("train.micro_batch_size", t.micro_batch_size), ("train.steps", t.steps),
-                   ("parallel.tensor", p.tensor), ("parallel.pipeline", p.pipeline)):
+                   ("parallel.tensor", p.tensor), ("parallel.pipeline", p.pipeline), ("parallel.context", p.context)):
         _check(v >= 1, f"{key}={v} must be at least 1")
     for key, v in (("eval.every", cfg.eval.every), ("eval.iters", cfg.eval.iters),
                    ("checkpoint.every", cfg.checkpoint.every), ("checkpoint.keep_last", cfg.checkpoint.keep_last),
@@ -95,14 +102,26 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     _check(m.n_head % kv == 0, f"model.n_kv_head={kv} does not divide model.n_head={m.n_head}")
     if m.position == "rope":
         _check((m.n_embd // m.n_head) % 2 == 0, f"rope needs an even head size; model.n_embd/model.n_head={m.n_embd // m.n_head}")
+    validate_rope_scaling(m)
     _check(t.seq_len <= m.max_seq_len,
            f"train.seq_len={t.seq_len} exceeds model.max_seq_len={m.max_seq_len}; lower the first or raise the second")
 
     # Layout.
-    _check(world % (p.tensor * p.pipeline) == 0,
-           f"world size {world} is not divisible by parallel.tensor*parallel.pipeline={p.tensor}*{p.pipeline}; "
-           f"use a number of processes that is a multiple of {p.tensor * p.pipeline}")
-    dp = world // (p.tensor * p.pipeline)
+    model_ranks = p.tensor * p.pipeline * p.context
+    _check(world % model_ranks == 0,
+           f"world size {world} is not divisible by parallel.tensor*parallel.pipeline*parallel.context="
+           f"{p.tensor}*{p.pipeline}*{p.context}; use a number of processes that is a multiple of {model_ranks}")
+    dp = world // model_ranks
+    _check(t.seq_len % (2 * p.context) == 0 or p.context == 1,
+           f"train.seq_len={t.seq_len} is not divisible by 2*parallel.context={2 * p.context} (each sequence is split "
+           f"into 2*context chunks); use a multiple of {2 * p.context}")
+    if p.sequence_parallel:
+        _check(p.tensor > 1, "parallel.sequence_parallel=true needs parallel.tensor > 1 (it splits the sequence over "
+                             "the tensor group); set parallel.tensor or drop sequence_parallel")
+        local = t.seq_len // p.context
+        _check(local % p.tensor == 0,
+               f"parallel.sequence_parallel=true: the sequence each rank holds (train.seq_len/parallel.context={local}) "
+               f"is not divisible by parallel.tensor={p.tensor}")
     _check(m.n_head % p.tensor == 0, f"parallel.tensor={p.tensor} does not divide model.n_head={m.n_head}")
     _check(kv % p.tensor == 0, f"parallel.tensor={p.tensor} does not divide the key/value heads model.n_kv_head={kv}")
     _check(ffn_hidden(m) % p.tensor == 0, f"parallel.tensor={p.tensor} does not divide the MLP size {ffn_hidden(m)} (model.ffn_hidden)")
@@ -130,7 +149,29 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
     validate_peft(cfg)
-    return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step)
+    return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step,
+                  context=p.context)
+
+
+def validate_rope_scaling(m) -> None:
+    """model.rope_* (gpt/model/rope.py): only with rotary positions, factors that extend the context."""
+    from gpt.model.rope import SCALINGS
+
+    _one_of("model.rope_scaling", m.rope_scaling, SCALINGS)
+    if m.rope_scaling == "none":
+        return
+    _check(m.position == "rope", f"model.rope_scaling={m.rope_scaling} needs model.position=rope (it rescales rotary "
+                                 f"frequencies; learned positions have none)")
+    _check(math.isfinite(m.rope_factor) and m.rope_factor >= 1.0,
+           f"model.rope_factor={m.rope_factor} must be >= 1 (new context / original context)")
+    if m.rope_scaling == "ntk":
+        _check(m.n_embd // m.n_head > 2, "model.rope_scaling=ntk needs a head size above 2")
+    if m.rope_scaling == "llama3":
+        original = m.rope_original_max_seq_len
+        _check(original is None or original >= 1, f"model.rope_original_max_seq_len={original} must be at least 1")
+        _check(0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
+               f"model.rope_low_freq_factor={m.rope_low_freq_factor} must be positive and below "
+               f"model.rope_high_freq_factor={m.rope_high_freq_factor}")
 
 
 def validate_peft(cfg) -> None:

@@ -49,7 +49,8 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
         raise ConfigError("deepspeed.zero_optimization.stage is derived from parallel.zero_stage; set that instead")
     zero["stage"] = deepspeed_zero_stage(cfg)
     ds = {
-        "train_batch_size": cfg.train.global_batch_size,
+        # DeepSpeed counts context ranks as data ranks (mpu.py): each sees every sample of its data rank.
+        "train_batch_size": cfg.train.global_batch_size * layout.context,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accum,
         # Plain fp32 without ZeRO: our optimizer clips (and reports the norm) itself.
@@ -68,5 +69,14 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
     for key, value in cfg.deepspeed.items():
         if key != "zero_optimization":
             ds[key] = copy.deepcopy(value)
+    if cfg.parallel.sequence_parallel and layout.tensor > 1:
+        # DeepSpeed's pipeline sends 1/tensor of each activation and all-gathers it on the next stage,
+        # assuming the tensor ranks hold the same activations; under sequence parallelism each holds
+        # its own part of the sequence, so every rank sends its whole (already split) activation.
+        pipe = ds.setdefault("pipeline", {})
+        if pipe.get("pipe_partitioned") or pipe.get("grad_partitioned"):
+            raise ConfigError("deepspeed.pipeline.pipe_partitioned/grad_partitioned cannot be true with "
+                              "parallel.sequence_parallel=true (the activations are already split over the tensor group)")
+        pipe.update(pipe_partitioned=False, grad_partitioned=False)
     ds["zero_optimization"] = zero
     return ds

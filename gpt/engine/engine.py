@@ -19,6 +19,7 @@ from gpt.engine.deepspeed_config import deepspeed_config, deepspeed_zero_stage, 
 from gpt.engine.optim import build_optimizer, global_grad_norm, set_lr
 from gpt.engine.pipeline import build_pipeline, canonical_name
 from gpt.model.build import ModelShape, build_model
+from gpt.model.context_parallel import split_sequence
 from gpt.model.gpt import weighted_loss
 from gpt.model.slots import Slots
 from gpt.parallel.context import ParallelContext
@@ -93,8 +94,18 @@ class TrainEngine:
 
     def _to_device(self, b: Batch) -> Batch:
         dev = self.ctx.device
+        b = self.local_batch(b)
         return Batch(b.tokens.to(dev, non_blocking=True), b.labels.to(dev, non_blocking=True),
                      b.weights.to(dev, non_blocking=True))
+
+    def local_batch(self, b: Batch) -> Batch:
+        """This context rank's chunks of each sequence (context_parallel.py). Its loss weights are
+        multiplied by the context size: DeepSpeed averages gradients over data x context ranks, and
+        the chunks of one sample add up to its whole loss."""
+        n, r = self.ctx.layout.context, self.ctx.cp_rank
+        if n == 1:
+            return b
+        return Batch(split_sequence(b.tokens, r, n), split_sequence(b.labels, r, n), split_sequence(b.weights, r, n) * n)
 
 
 class DenseEngine(TrainEngine):
@@ -126,9 +137,10 @@ class DenseEngine(TrainEngine):
         return self._mean_over_dp(total / len(micro_batches))
 
     def _mean_over_dp(self, value: torch.Tensor) -> float:
-        if self.ctx.layout.data > 1:
-            collectives.all_reduce(value, group=self.ctx.dp_group)
-            value = value / self.ctx.layout.data
+        n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples
+        if n > 1:
+            collectives.all_reduce(value, group=self.ctx.dp_cp_group)
+            value = value / n
         return float(value)
 
 
@@ -139,9 +151,8 @@ class PipeEngine(TrainEngine):
             if replicas or not getattr(p, "ds_pipe_replicated", False):
                 yield canonical_name(name, n), p
 
-    @staticmethod
-    def _feed(micro_batches):
-        return iter([(b.tokens, (b.labels, b.weights)) for b in micro_batches])
+    def _feed(self, micro_batches):
+        return iter([(b.tokens, (b.labels, b.weights)) for b in map(self.local_batch, micro_batches)])
 
     def train_step(self, micro_batches):
         loss = self.ds.train_batch(self._feed(micro_batches))  # averaged over micro-batches and data ranks
@@ -163,7 +174,7 @@ def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
     """This rank's model, holding only what the rank owns, in the run's dtype, on its device.
 
     Pipelines: DeepSpeed builds this stage's layers only (on the device). ZeRO-3: built under
-    deepspeed.zero.Init, each tensor partitioned over the data ranks as soon as its layer exists.
+    deepspeed.zero.Init, each tensor partitioned over the data (x context) ranks as soon as its layer exists.
     Otherwise: built on the meta device, then this tensor rank's slices materialised. Every slot
     draws only its own tiles (gpt/model/slots.py); init_weights=False draws nothing (a checkpoint or
     model.init_from sets every weight next).
@@ -172,8 +183,8 @@ def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
 
     layout = ctx.layout
     dtype = PARAM_DTYPES[cfg.train.precision]
+    slots = Slots.of(ctx, cfg.parallel, draw=init_weights, params_dtype=dtype)
     if layout.pipeline > 1:
-        slots = Slots(layout.tensor, ctx.tp_group, draw=init_weights, params_dtype=dtype)
         with torch.device(ctx.device):
             return build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
                                   pipeline_layers=cfg.parallel.pipeline_layers,
@@ -184,13 +195,13 @@ def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
         # torch.nn.functional.linear for the rest of the process; our layers do not need it.
         init_config = {**ds_config, "zero_optimization": {"memory_efficient_linear": False,
                                                           **ds_config["zero_optimization"]}}
-        with deepspeed.zero.Init(data_parallel_group=ctx.dp_group, config_dict_or_path=init_config, dtype=None,
+        with deepspeed.zero.Init(data_parallel_group=ctx.dp_cp_group, config_dict_or_path=init_config, dtype=None,
                                  mpu=ctx.mpu()):
-            module = build_model(cfg.model, shape, seed=cfg.train.seed, tp_size=layout.tensor, tp_group=ctx.tp_group,
-                                 device=None, dtype=dtype, init=init_weights)
+            module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots, device=None, dtype=dtype,
+                                 init=init_weights)
     else:
-        module = build_model(cfg.model, shape, seed=cfg.train.seed, tp_size=layout.tensor, tp_group=ctx.tp_group,
-                             device=ctx.device, dtype=dtype, init=init_weights)
+        module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots, device=ctx.device, dtype=dtype,
+                             init=init_weights)
     module.activation_checkpointing = cfg.train.activation_checkpointing
     return module
 

@@ -75,7 +75,7 @@ def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout, trainable: 
     """The busiest rank's weights/gradients/optimizer bytes for this run's layout, precision and ZeRO
     stage; `trainable`: parameters that train on the busiest rank (fine-tuning), default all."""
     return zero_memory(max(stage_parameters(cfg, shape, layout)), cfg.train.precision, deepspeed_zero_stage(cfg),
-                       layout.data, trainable)
+                       layout.data_context, trainable)
 
 
 def human_bytes(n: float) -> str:
@@ -169,7 +169,7 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
         out += e * min(params, largest + prefetch) + e * largest
     if layout.pipeline > 1 and stage == layout.pipeline - 1:
         m, t = cfg.model, layout.tensor
-        tokens = cfg.train.micro_batch_size * cfg.train.seq_len
+        tokens = cfg.train.micro_batch_size * cfg.train.seq_len // layout.context
         if layout.grad_accum > 1:
             out += e * tokens * shape.padded_vocab // t
         if m.tie_embeddings:
@@ -184,7 +184,11 @@ def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: in
     m = cfg.model
     h, t, a, kv = m.n_embd, tensor, m.n_head, m.n_kv_head or m.n_head
     d, f = h // a, shape.ffn_hidden
-    norms = 2 * (3 if m.norm == "rmsnorm" else 2) * h  # input, (RMSNorm: x*rsqrt), output; replicated
+    k = 3 if m.norm == "rmsnorm" else 2  # input, (RMSNorm: x*rsqrt), output (the next linear's input)
+    if cfg.parallel.sequence_parallel and t > 1:  # 1/t of the sequence, but the linear saves it all-gathered
+        norms = 2 * ((k - 1) * h / t + h)
+    else:
+        norms = 2 * k * h  # replicated over the tensor group
     attn = ((a + 2 * kv) * d + a * d + (a + kv) * d * (m.position == "rope")) / t
     mlp = (4 if m.activation == "swiglu" else 2) * f / t
     return norms + attn + mlp
@@ -197,12 +201,13 @@ def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, sta
     min(stages - stage, micro-batches)), with activation checkpointing only each block's input plus
     one block recomputed; the last stage adds the loss (fp32 softmax of its vocabulary slice, and the
     logits it is computed from)."""
-    m, t = cfg.model, layout.tensor
+    m, t, cp = cfg.model, layout.tensor, layout.context
     ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
-    tokens = (micro_batch_size or cfg.train.micro_batch_size) * cfg.train.seq_len
+    tokens = (micro_batch_size or cfg.train.micro_batch_size) * cfg.train.seq_len // cp  # this rank's share
     e = ELEMENT[cfg.train.precision]
     blocks = blocks_per_stage(m, layout.pipeline, cfg.parallel.pipeline_layers)[stage]
-    block = block_activation_elements(cfg, shape, t) * tokens * e
+    kv_gathered = 2 * (m.n_kv_head or m.n_head) * (m.n_embd // m.n_head) / t * tokens * (cp - 1)  # context parallel
+    block = (block_activation_elements(cfg, shape, t) * tokens + kv_gathered) * e
     per_micro = blocks * (m.n_embd * tokens * e) + block if ckpt else blocks * block
     last = stage == layout.pipeline - 1
     if stage == 0:
@@ -234,7 +239,7 @@ def plan_ranks(cfg: TrainingConfig, shape: ModelShape, layout: Layout, *, stage_
     stage_largest = stage_largest or [big] * layout.pipeline
     zero, out = deepspeed_zero_stage(cfg), []
     for s, (params, largest) in enumerate(zip(stage_params, stage_largest)):
-        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data)
+        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context)
         act, flight = activation_bytes(cfg, shape, layout, s)
         other, _ = activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
         out.append(RankPlan(stage=s, params=params, largest_layer=largest, weights=w, gradients=g, optimizer=o,

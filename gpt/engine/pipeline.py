@@ -43,13 +43,13 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     specs = [TiedLayerSpec("embed", Embedding, *emb_args(), tied_weight_attr="wte.weight") if cfg.tie_embeddings
              else LayerSpec(Embedding, *emb_args())]
     specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
-    specs.append(LayerSpec(Norm, cfg))
+    specs.append(LayerSpec(Norm, cfg, slots))
     if cfg.tie_embeddings:
-        head = Output(cfg, slots, init(n + 2), shape.padded_vocab)  # holds no weight when tied
+        head = Output(cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size)  # holds no weight when tied
         specs.append(TiedLayerSpec("embed", Embedding, *emb_args(), forward_fn=_tied_head(head),
                                    tied_weight_attr="wte.weight"))
     else:
-        specs.append(LayerSpec(Output, cfg, slots, init(n + 2), shape.padded_vocab))
+        specs.append(LayerSpec(Output, cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size))
     return specs
 
 
@@ -93,7 +93,7 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
             with torch.no_grad():
                 super()._synchronize_tied_weights()
 
-    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
+    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data_context)
     module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
                          checkpointable_layers=["Block"])
     # Recompute each Block in backward (DeepSpeed's checkpoint; the embedding, norm and head are

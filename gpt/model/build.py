@@ -5,7 +5,7 @@ where they will live, in their dtype, drawing each tensor tile-wise (see slots.p
 a checkpoint is about to fill, not at all.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -36,16 +36,18 @@ def model_shape(cfg: ModelConfig, tokenizer_vocab: int | None) -> ModelShape:
 
 
 def build_model(cfg: ModelConfig, shape: ModelShape, *, seed: int, tp_size: int = 1, tp_group=None,
-                device="cpu", dtype: torch.dtype = torch.float32, init: bool = True) -> GPT:
-    """This tensor rank's GPT. `device`: where its parameters live ("meta": nowhere, for planning);
-    None builds in the caller's context instead (e.g. under deepspeed.zero.Init), drawing each slot
-    as it is built. `init=False`: zeros, nothing drawn (a checkpoint will set every weight)."""
+                slots: Slots | None = None, device="cpu", dtype: torch.dtype = torch.float32,
+                init: bool = True) -> GPT:
+    """This tensor rank's GPT (`slots`: its layers, default plain tensor parallelism over tp_group).
+    `device`: where its parameters live ("meta": nowhere, for planning); None builds in the caller's
+    context instead (e.g. under deepspeed.zero.Init), drawing each slot as it is built.
+    `init=False`: zeros, nothing drawn (a checkpoint will set every weight)."""
+    slots = replace(slots or Slots(tp_size, tp_group), draw=init, params_dtype=dtype)
+    sizes = dict(vocab=shape.padded_vocab, vocab_size=shape.vocab_size, ffn_hidden=shape.ffn_hidden, seed=seed)
     if device is None:
-        slots = Slots(tp_size, tp_group, draw=init, params_dtype=dtype)
-        return GPT(cfg, slots, vocab=shape.padded_vocab, ffn_hidden=shape.ffn_hidden, seed=seed)
+        return GPT(cfg, slots, **sizes)
     with torch.device("meta"):
-        model = GPT(cfg, Slots(tp_size, tp_group, params_dtype=dtype), vocab=shape.padded_vocab,
-                    ffn_hidden=shape.ffn_hidden, seed=seed)
+        model = GPT(cfg, slots, **sizes)
     if torch.device(device).type != "meta":
         materialize(model, device=device, dtype=dtype, init=init)
     return model
@@ -60,8 +62,8 @@ def materialize(module: nn.Module, *, device, dtype: torch.dtype, init: bool = T
                 values: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Allocate every meta parameter of `module` on `device` in `dtype` (this rank's slice only, as
     built) and give it its recipe's value (`init=False`: zeros, nothing drawn), or take `values[name]`
-    as it is (a checkpoint's tensor becomes the parameter: no copy when device and dtype agree). Meta buffers
-    are recomputed there, others moved. Parameters keep their attributes (tensor-parallel split, ...)
+    as it is (a checkpoint's tensor becomes the parameter: no copy when device and dtype agree).
+    Meta buffers are recomputed there, others moved. Parameters keep their attributes (tensor-parallel split, ...)
     and their sharing."""
     done: dict[int, nn.Parameter] = {}
     for prefix, m in module.named_modules():

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt.model.context_parallel import ContextParallelAttention, local_positions
+
 TILE = 256  # rows (or columns) per init tile: a property of the tensor, never of the layout
 _MASK = (1 << 64) - 1
 
@@ -227,25 +229,45 @@ def is_column(module: nn.Module) -> bool:
 
 @dataclass
 class Slots:
-    """Factory for the layers of one model (holds the tensor group; megatron's classes above size 1).
+    """Factory for the layers of one model: it holds the tensor and context groups (megatron's
+    classes above tensor size 1).
 
-    `draw=False` builds without drawing the init (a checkpoint is about to set every weight);
-    `params_dtype` is the dtype the slot parameters are allocated in.
+    sequence_parallel: the residual stream holds 1/tp_size of the sequence (gpt/model/sequence_parallel.py);
+    cp_size > 1: this rank holds two chunks of each sequence (gpt/model/context_parallel.py), which sets
+    the positions it computes at and its attention core. `draw=False` builds without drawing the init
+    (a checkpoint is about to set every weight); `params_dtype`: the dtype slot parameters are allocated in.
     """
 
     tp_size: int
     tp_group: object = None
+    sequence_parallel: bool = False
+    cp_rank: int = 0
+    cp_size: int = 1
+    cp_group: object = None
     draw: bool = True
     params_dtype: torch.dtype = torch.float32
 
     def __post_init__(self):
         self.tp_rank = 0
-        if self.tp_size > 1:
+        self.sequence_parallel = self.sequence_parallel and self.tp_size > 1
+        if self.tp_size > 1:  # megatron's layers; imported only here
             from gpt.model import tp_layers
 
-            self.layers = tp_layers
             self.config = tp_layers.megatron_config(self.tp_size, self.params_dtype)
             self.tp_rank = tp_layers.group_rank(self.tp_group)
+            self._column, self._row = tp_layers.ParallelColumn, tp_layers.ParallelRow
+            self._vocab = tp_layers.ParallelVocabEmbedding
+            if self.sequence_parallel:
+                from gpt.model import sequence_parallel as sp
+
+                self._column, self._row = sp.SequenceParallelColumn, sp.SequenceParallelRow
+
+    @classmethod
+    def of(cls, ctx, parallel_cfg, **kwargs) -> "Slots":
+        """The slots of a rank of a ParallelContext, with parallel.sequence_parallel of its config."""
+        return cls(ctx.layout.tensor, ctx.tp_group, sequence_parallel=parallel_cfg.sequence_parallel,
+                   cp_rank=ctx.cp_rank, cp_size=ctx.layout.context,
+                   cp_group=ctx.cp_group if ctx.layout.context > 1 else None, **kwargs)
 
     def initialize(self, param: torch.Tensor, init, *, dim: int | None) -> None:
         """This rank's slice of `param` (split along `dim` over the tensor group; None: replicated)."""
@@ -256,20 +278,52 @@ class Slots:
         """y[..., n_out/p] = x W_p^T: output features split over the tensor group."""
         if self.tp_size == 1:
             return ColumnLinear(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
-        return self.layers.ParallelColumn(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
+        return self._column(n_in, n_out, slots=self, bias=bias, init=init, tied=tied)
 
     def row(self, n_in: int, n_out: int, *, bias: bool, init) -> nn.Module:
         """y[..., n_out] = all-reduce(x[..., n_in/p] W_p^T): input features split over the tensor group."""
         if self.tp_size == 1:
             return RowLinear(n_in, n_out, slots=self, bias=bias, init=init)
-        return self.layers.ParallelRow(n_in, n_out, slots=self, bias=bias, init=init)
+        return self._row(n_in, n_out, slots=self, bias=bias, init=init)
 
     def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> nn.Module:
         """Rows of the token table split over the tensor group; lookups all-reduced."""
         if self.tp_size == 1:
             return Embedding(n_vocab, n_embd, slots=self, init=init)
-        return self.layers.ParallelVocabEmbedding(n_vocab, n_embd, slots=self, init=init)
+        return self._vocab(n_vocab, n_embd, slots=self, init=init)
 
     def embedding(self, n: int, n_embd: int, *, init) -> nn.Embedding:
         """A replicated table (learned positions)."""
         return ReplicatedEmbedding(n, n_embd, slots=self, init=init)
+
+    def norm(self, cfg) -> nn.Module:
+        """LayerNorm or RMSNorm over n_embd; under sequence parallelism its gradients are summed over the tensor group."""
+        if self.sequence_parallel:
+            from gpt.model import sequence_parallel as sp
+
+            if cfg.norm == "rmsnorm":
+                return sp.SequenceParallelRMSNorm(cfg.n_embd, eps=cfg.norm_eps, group=self.tp_group)
+            return sp.SequenceParallelLayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias, group=self.tp_group)
+        if cfg.norm == "rmsnorm":
+            return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+    def residual_split(self) -> nn.Module:
+        """Applied where the residual stream starts (after the embedding): this rank's part of it."""
+        if self.sequence_parallel:
+            from gpt.model.sequence_parallel import SequenceScatter
+
+            return SequenceScatter(self.tp_group)
+        return nn.Identity()
+
+    def positions(self, t: int, start: int, device) -> torch.Tensor:
+        """Positions (t,) of the t tokens this rank holds, the first cached at `start`."""
+        if self.cp_size > 1:
+            return local_positions(t, self.cp_rank, self.cp_size, device)
+        return torch.arange(start, start + t, device=device)
+
+    def attention_core(self):
+        """softmax(q k^T / sqrt(hd)) v: SDPA, or its context-parallel form."""
+        if self.cp_size > 1:
+            return ContextParallelAttention(self.cp_group, self.cp_rank, self.cp_size)
+        return F.scaled_dot_product_attention
