@@ -177,10 +177,11 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
     return out
 
 
-def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: int) -> float:
-    """Elements one block saves for backward per token on one tensor rank (this model's autograd:
-    norm inputs and outputs, the fused qkv output, rotated q and k, the attention output, the MLP's
-    hidden activations), measured with saved-tensor hooks in tests/engine/test_memory.py."""
+def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: int, batch: int, seq: int) -> float:
+    """Elements one block saves for backward for `batch` sequences of `seq` tokens on one tensor rank
+    (this model's autograd: norm inputs and outputs, the fused qkv output, rotated q and k with the
+    rotary tables gathered at the positions, the attention output, the MLP's hidden activations),
+    measured with saved-tensor hooks in tests/engine/test_plan.py."""
     m = cfg.model
     h, t, a, kv = m.n_embd, tensor, m.n_head, m.n_kv_head or m.n_head
     d, f = h // a, shape.ffn_hidden
@@ -189,9 +190,11 @@ def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: in
         norms = 2 * ((k - 1) * h / t + h)
     else:
         norms = 2 * k * h  # replicated over the tensor group
-    attn = ((a + 2 * kv) * d + a * d + (a + kv) * d * (m.position == "rope")) / t
+    rope = m.position == "rope"
+    attn = ((a + 2 * kv) * d + a * d + (a + kv) * d * rope) / t
     mlp = (4 if m.activation == "swiglu" else 2) * f / t
-    return norms + attn + mlp
+    tables = 4 * d * seq * rope  # cos and sin at the positions, for q and for k: (seq, hd) each
+    return (norms + attn + mlp) * batch * seq + tables
 
 
 def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: int, *,
@@ -203,11 +206,12 @@ def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, sta
     logits it is computed from)."""
     m, t, cp = cfg.model, layout.tensor, layout.context
     ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
-    tokens = (micro_batch_size or cfg.train.micro_batch_size) * cfg.train.seq_len // cp  # this rank's share
+    micro, seq = micro_batch_size or cfg.train.micro_batch_size, cfg.train.seq_len // cp  # this rank's share
+    tokens = micro * seq
     e = ELEMENT[cfg.train.precision]
     blocks = blocks_per_stage(m, layout.pipeline, cfg.parallel.pipeline_layers)[stage]
     kv_gathered = 2 * (m.n_kv_head or m.n_head) * (m.n_embd // m.n_head) / t * tokens * (cp - 1)  # context parallel
-    block = (block_activation_elements(cfg, shape, t) * tokens + kv_gathered) * e
+    block = (block_activation_elements(cfg, shape, t, micro, seq) + kv_gathered) * e
     per_micro = blocks * (m.n_embd * tokens * e) + block if ckpt else blocks * block
     last = stage == layout.pipeline - 1
     if stage == 0:

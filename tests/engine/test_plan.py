@@ -95,7 +95,7 @@ def test_block_activations_are_what_autograd_saves(arch):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.blocks[0](x.detach().requires_grad_())
-    expected = memory.block_activation_elements(cfg, shape, 1) * 2 * 32 * 4
+    expected = memory.block_activation_elements(cfg, shape, 1, 2, 32) * 4
     assert expected <= sum(seen.values()) <= 1.02 * expected
 
 
@@ -151,7 +151,7 @@ def test_gpt_plan_lists_layouts_that_fit_when_the_asked_one_does_not(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["parallel.tensor=3"], "world size 8 is not divisible by parallel.tensor*parallel.pipeline=3*1"),
+    (["parallel.tensor=3"], "world size 8 is not divisible by parallel.tensor*parallel.pipeline*parallel.context=3*1*1"),
     (["gpu_memory=lots"], "gpu_memory=lots is not a memory size"),
     (["data.path=/nonexistent", "train.global_batch_size=64"], "model.vocab_size is null and data.path=/nonexistent"),
 ])
