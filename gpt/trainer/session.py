@@ -167,6 +167,10 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     logger.info("memory per rank (estimate, busiest rank, %s parameters, activations not included): weights %s + "
                 "gradients %s + optimizer state %s = %s", f"{mem.params:,}", hb(mem.weights), hb(mem.gradients),
                 hb(mem.optimizer), hb(mem.total))
+    if not frozen:
+        logger.info("peak per rank for one step (gpt-plan's estimate: DeepSpeed's state as it allocates it, its "
+                    "buffers, activations of micro-batch %d): %s", cfg.train.micro_batch_size,
+                    hb(memory.estimate_step(cfg, shape, layout)))
     if frozen:
         full = memory.estimate(cfg, shape, layout)
         peft = getattr(cfg, "peft", None)
