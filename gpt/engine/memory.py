@@ -96,7 +96,7 @@ def human_bytes(n: float) -> str:
 #   1      e              fp32: 4 + 4/N (the partition at the step); bf16 (BF16_Optimizer): 4
 #                         (fp32 accumulation); fp16: 2 + 4/N                 12/N (fp32 master, m, v)
 #   2      e              e/N + 4/N (fp32 partition at the step)             12/N
-#   3      e/N            e/N + 4/N                          8/N, + 4/N for a 16-bit model's fp32 master
+#   3      e/N            e/N + 4/N (per sub_group_size)     8/N, + 4/N for a 16-bit model's fp32 master
 #
 # For 16-bit models stage 2 is DeepSpeed's estimate_zero2_model_states_mem_needs exactly (2 + 18/N);
 # stage 3 counts the 16-bit gradient partition (grad_partitions_flat_buffer) that DeepSpeed's
@@ -130,8 +130,10 @@ class RankPlan:
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def model_state_bytes(params: int, precision: str, stage: int, data: int) -> tuple[float, float, float]:
-    """(weights, gradients, optimizer state) bytes of a rank holding `params` trainable parameters."""
+def model_state_bytes(params: int, precision: str, stage: int, data: int,
+                      sub_group_size: float = 1e9) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer state) bytes of a rank holding `params` trainable parameters
+    (ZeRO-3 converts its gradient partition to fp32 one `zero_optimization.sub_group_size` at a time)."""
     e, n, p = ELEMENT[precision], data, float(params)
     if stage == 0:
         return 4 * p, 4 * p, 8 * p
@@ -140,7 +142,7 @@ def model_state_bytes(params: int, precision: str, stage: int, data: int) -> tup
         return e * p, grads * p, 12 * p / n
     if stage == 2:
         return e * p, (e + 4) * p / n, 12 * p / n
-    return e * p / n, (e + 4) * p / n, (8 + (4 if e == 2 else 0)) * p / n
+    return e * p / n, e * p / n + 4 * min(sub_group_size, p / n), (8 + (4 if e == 2 else 0)) * p / n
 
 
 def _zero_config(cfg: TrainingConfig) -> dict:
@@ -243,7 +245,8 @@ def plan_ranks(cfg: TrainingConfig, shape: ModelShape, layout: Layout, *, stage_
     stage_largest = stage_largest or [big] * layout.pipeline
     zero, out = deepspeed_zero_stage(cfg), []
     for s, (params, largest) in enumerate(zip(stage_params, stage_largest)):
-        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context)
+        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context,
+                                    float(_zero_config(cfg).get("sub_group_size", 1e9)))
         act, flight = activation_bytes(cfg, shape, layout, s)
         other, _ = activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
         out.append(RankPlan(stage=s, params=params, largest_layer=largest, weights=w, gradients=g, optimizer=o,
