@@ -9,6 +9,8 @@ field is its documentation.
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from gpt.config.text import text
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -58,7 +60,7 @@ class ModelConfig:
     """Share the input embedding with the output head."""
     init_std: float = 0.02
     """Std of the normal init; residual output projections use init_std/sqrt(2*n_layer)."""
-    init_from: Optional[str] = None
+    init_from: Optional[str] = text()
     """Start from these weights: a local Hugging Face directory (GPT-2 or Llama). Its config.json sets the architecture keys; its tokenizer must match the data's."""
 
 
@@ -102,9 +104,9 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    path: Optional[str] = "data/stdlib"
+    path: Optional[str] = text("data/stdlib")
     """Directory of token shards written by gpt-preprocess."""
-    val_path: Optional[str] = None
+    val_path: Optional[str] = text()
     """Separate validation shards; null holds out data.val_fraction of the documents of data.path."""
     val_fraction: float = 0.01
     """Fraction of documents held out for validation (at least one document) when val_path is null."""
@@ -132,6 +134,8 @@ class TrainConfig:
     """fp32 | bf16 | fp16 (mixed precision keeps fp32 master weights)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward to save memory."""
+    check_memory: bool = True
+    """Refuse to start when the estimated memory of the busiest rank (weights, gradients, optimizer state and a floor of the activations) exceeds what its device has free (GPU memory; on CPU the available RAM shared by the node's ranks); false starts anyway."""
     max_bad_steps: int = 5
     """Steps with a non-finite loss or gradient are skipped (no update); after this many in a row the run saves and stops (0: never stop)."""
     peak_flops: Optional[float] = None
@@ -190,7 +194,7 @@ class LoggingConfig:
 
 @dataclass(kw_only=True)
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = text("runs/default")
     """Everything of this run lives here: metrics.jsonl, checkpoints/, config.yaml, logs. Re-running with the same dir resumes."""
 
 

@@ -55,6 +55,14 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return multiple * math.ceil(vocab_size / multiple)
 
 
+MAX_SEED = 2**32 - 1
+ROPE_SCALINGS = ("none", "linear", "ntk", "llama3")  # what gpt/model/rope.py implements (no torch here)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -86,17 +94,37 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
                    ("train.max_bad_steps", t.max_bad_steps)):
         _check(v >= 0, f"{key}={v} must not be negative")
     _check(t.stop_at is None or 1 <= t.stop_at <= t.steps, f"train.stop_at={t.stop_at} must be in [1, train.steps={t.steps}]")
+    _check(0 <= t.seed <= MAX_SEED,
+           f"train.seed={t.seed} must be in [0, 2**32-1] (it seeds torch, numpy and the data order)")
+    _check(cfg.eval.every == 0 or cfg.eval.iters >= 1,
+           f"eval.iters={cfg.eval.iters} with eval.every={cfg.eval.every}: an evaluation needs at least one batch; "
+           f"set eval.iters>=1, or eval.every=0 to turn evaluation off")
+    es = cfg.eval.early_stopping
+    _check(es.patience >= 0, f"eval.early_stopping.patience={es.patience} must not be negative (0 turns early stopping off)")
+    _check(_finite(es.min_delta) and es.min_delta >= 0,
+           f"eval.early_stopping.min_delta={es.min_delta} must be a finite number >= 0")
+    _check(es.patience == 0 or cfg.eval.every > 0,
+           f"eval.early_stopping.patience={es.patience} needs evaluations: set eval.every>0")
     _check(t.precision != "fp16" or p.zero_stage >= 1,
            "train.precision=fp16 needs parallel.zero_stage>=1 (its fp32 master weights live in the ZeRO optimizer); or use bf16")
-    _check(t.peak_flops is None or t.peak_flops > 0,
+    _check(t.peak_flops is None or (_finite(t.peak_flops) and t.peak_flops > 0),
            f"train.peak_flops={t.peak_flops} must be a positive FLOP/s per device (e.g. 989.4e12), or null to look it up")
     _check(0.0 <= m.dropout < 1.0, f"model.dropout={m.dropout} must be in [0, 1)")
     _check(0.0 <= cfg.data.val_fraction < 1.0, f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
-    _check(o.lr > 0 and 0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
-    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1={o.beta1}, optim.beta2={o.beta2} must be in [0, 1)")
-    _check(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 disables clipping)")
+    validate_optim(o, t.steps)
 
     # Model shape.
+    _check(m.vocab_multiple >= 1, f"model.vocab_multiple={m.vocab_multiple} must be at least 1 (1: no padding)")
+    _check(m.vocab_size is None or m.vocab_size >= 1, f"model.vocab_size={m.vocab_size} must be at least 1, or null "
+                                                       f"to read it from the shards")
+    _check(m.n_kv_head is None or m.n_kv_head >= 1,
+           f"model.n_kv_head={m.n_kv_head} must be at least 1, or null for one per query head")
+    _check(m.ffn_hidden is None or m.ffn_hidden >= 1,
+           f"model.ffn_hidden={m.ffn_hidden} must be at least 1, or null for the activation's default size")
+    _check(m.max_seq_len >= 1, f"model.max_seq_len={m.max_seq_len} must be at least 1")
+    _check(_finite(m.init_std) and m.init_std > 0, f"model.init_std={m.init_std} must be a positive finite number")
+    _check(_finite(m.norm_eps) and m.norm_eps > 0, f"model.norm_eps={m.norm_eps} must be a positive finite number")
+    _check(_finite(m.rope_theta) and m.rope_theta > 0, f"model.rope_theta={m.rope_theta} must be a positive finite number")
     _check(m.n_embd % m.n_head == 0, f"model.n_head={m.n_head} does not divide model.n_embd={m.n_embd}")
     kv = m.n_kv_head or m.n_head
     _check(m.n_head % kv == 0, f"model.n_kv_head={kv} does not divide model.n_head={m.n_head}")
@@ -148,6 +176,7 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
 
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
+    validate_blend(cfg.data.blend)
     validate_peft(cfg)
     return Layout(world=world, tensor=p.tensor, pipeline=p.pipeline, data=dp, grad_accum=t.global_batch_size // per_step,
                   context=p.context)
@@ -155,9 +184,7 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
 
 def validate_rope_scaling(m) -> None:
     """model.rope_* (gpt/model/rope.py): only with rotary positions, factors that extend the context."""
-    from gpt.model.rope import SCALINGS
-
-    _one_of("model.rope_scaling", m.rope_scaling, SCALINGS)
+    _one_of("model.rope_scaling", m.rope_scaling, ROPE_SCALINGS)
     if m.rope_scaling == "none":
         return
     _check(m.position == "rope", f"model.rope_scaling={m.rope_scaling} needs model.position=rope (it rescales rotary "
@@ -172,6 +199,31 @@ def validate_rope_scaling(m) -> None:
         _check(0 < m.rope_low_freq_factor < m.rope_high_freq_factor,
                f"model.rope_low_freq_factor={m.rope_low_freq_factor} must be positive and below "
                f"model.rope_high_freq_factor={m.rope_high_freq_factor}")
+
+
+def validate_optim(o, steps: int) -> None:
+    _check(_finite(o.lr) and o.lr > 0, f"optim.lr={o.lr} must be a positive finite number")
+    _check(_finite(o.min_lr) and 0 <= o.min_lr <= o.lr, f"optim.min_lr={o.min_lr} must be in [0, optim.lr={o.lr}]")
+    _check(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"optim.beta1={o.beta1}, optim.beta2={o.beta2} must be in [0, 1)")
+    _check(_finite(o.eps) and o.eps > 0, f"optim.eps={o.eps} must be a positive finite number (AdamW's epsilon, e.g. 1e-8)")
+    _check(_finite(o.weight_decay) and o.weight_decay >= 0,
+           f"optim.weight_decay={o.weight_decay} must be a finite number >= 0")
+    _check(_finite(o.grad_clip) and o.grad_clip >= 0,
+           f"optim.grad_clip={o.grad_clip} must be a finite number >= 0 (0 disables clipping)")
+    _check(o.decay_steps is None or o.decay_steps >= 1,
+           f"optim.decay_steps={o.decay_steps} must be at least 1, or null to decay over train.steps={steps}")
+
+
+def validate_blend(blend) -> None:
+    """data.blend is [[weight > 0, path], ...]."""
+    if not blend:
+        return
+    for i, entry in enumerate(blend):
+        ok = isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[1], str) and bool(entry[1])
+        ok = ok and isinstance(entry[0], (int, float)) and not isinstance(entry[0], bool)
+        _check(ok and _finite(entry[0]) and entry[0] > 0,
+               f"data.blend[{i}]={entry!r} must be [weight > 0, path], e.g. data.blend=[[0.7,/path/a],[0.3,/path/b]] "
+               f"(quote paths with commas or brackets: [[0.7,'/my data, v2']])")
 
 
 def validate_peft(cfg) -> None:
@@ -196,3 +248,29 @@ def validate_peft(cfg) -> None:
     elif peft.method == "bitfit":
         _check(cfg.model.bias, "peft.method=bitfit trains only bias terms, and this model has none (model.bias=false, "
                                "e.g. Llama); use peft=lora or peft=adapter")
+
+
+def validate_generate(cfg) -> None:
+    """gpt-generate's sampling settings (GenerateConfig)."""
+    _check(bool(cfg.checkpoint), "checkpoint is required: checkpoint=<run.dir or checkpoint dir>")
+    _check(cfg.max_new_tokens >= 0, f"max_new_tokens={cfg.max_new_tokens} must not be negative")
+    _check(_finite(cfg.temperature) and cfg.temperature >= 0,
+           f"temperature={cfg.temperature} must be a finite number >= 0 (0: greedy)")
+    _check(cfg.top_k is None or cfg.top_k >= 1, f"top_k={cfg.top_k} must be at least 1, or null for no limit")
+    _check(cfg.top_p is None or (_finite(cfg.top_p) and 0 < cfg.top_p <= 1),
+           f"top_p={cfg.top_p} must be in (0, 1], or null")
+    _check(_finite(cfg.repetition_penalty) and cfg.repetition_penalty > 0,
+           f"repetition_penalty={cfg.repetition_penalty} must be a positive finite number (1: off)")
+    _check(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed} must be in [0, 2**32-1]")
+    _one_of("device", cfg.device, ("auto", "cpu", "cuda"))
+    _check(not (cfg.prompt_file and cfg.prompt), "give prompt=... or prompt_file=..., not both")
+
+
+def validate_evaluate(cfg) -> None:
+    """gpt-eval's settings (EvaluateConfig)."""
+    _check(bool(cfg.checkpoint), "checkpoint is required: checkpoint=<run.dir, checkpoint dir or pointer file>")
+    _one_of("split", cfg.split, ("val", "all"))
+    _check(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be at least 1")
+    _check(cfg.iters is None or cfg.iters >= 1, f"iters={cfg.iters} must be at least 1, or null for one pass")
+    _one_of("device", cfg.device, ("auto", "cpu", "cuda"))
+    validate_blend(cfg.data.blend)

@@ -68,6 +68,8 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
                       "hysteresis": 2, "min_loss_scale": 1}
     for key, value in cfg.deepspeed.items():
         if key != "zero_optimization":
+            if key in ds:
+                _check_replaces(key, ds[key], value)
             ds[key] = copy.deepcopy(value)
     if cfg.parallel.sequence_parallel and layout.tensor > 1:
         # DeepSpeed's pipeline sends 1/tensor of each activation and all-gathers it on the next stage,
@@ -80,3 +82,18 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
         pipe.update(pipe_partitioned=False, grad_partitioned=False)
     ds["zero_optimization"] = zero
     return ds
+
+
+def _check_replaces(key: str, default, value) -> None:
+    """A pass-through key that replaces one of ours keeps its kind: DeepSpeed reads these unchecked
+    (`steps_per_print=abc` would be a TypeError at the first step), so we check against our value."""
+    def kind(v) -> str:
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                dict: "a mapping"}.get(type(v), type(v).__name__)
+
+    ok = type(value) is type(default) or (type(default) is float and type(value) is int)
+    if ok and isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
+        ok = value > 0
+    if not ok:
+        positive = " > 0" if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
+        raise ConfigError(f"deepspeed.{key}={value!r} must be {kind(default)}{positive} (it replaces our {default!r})")

@@ -199,8 +199,8 @@ def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: in
     return (norms + attn + mlp) * batch * seq + tables
 
 
-def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: int, *,
-                     checkpointing: bool | None = None, micro_batch_size: int | None = None) -> tuple[float, int]:
+def stage_activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: int, *,
+                           checkpointing: bool | None = None, micro_batch_size: int | None = None) -> tuple[float, int]:
     """(bytes, micro-batches in flight) of the activations a rank of pipeline `stage` holds at its peak:
     every block's saved tensors for each micro-batch in flight (one without pipelining; 1F1B holds
     min(stages - stage, micro-batches)), with activation checkpointing only each block's input plus
@@ -247,8 +247,8 @@ def plan_ranks(cfg: TrainingConfig, shape: ModelShape, layout: Layout, *, stage_
     for s, (params, largest) in enumerate(zip(stage_params, stage_largest)):
         w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context,
                                     float(_zero_config(cfg).get("sub_group_size", 1e9)))
-        act, flight = activation_bytes(cfg, shape, layout, s)
-        other, _ = activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
+        act, flight = stage_activation_bytes(cfg, shape, layout, s)
+        other, _ = stage_activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
         out.append(RankPlan(stage=s, params=params, largest_layer=largest, weights=w, gradients=g, optimizer=o,
                             buffers=buffer_bytes(cfg, shape, layout, s, params, largest), activations=act,
                             activations_other=other,
@@ -262,3 +262,40 @@ def estimate_step(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> int
     activation checkpointing and pipeline schedule). No process group, no model: config arithmetic
     only, so it can refuse a batch before anything starts (see gpt-plan for the breakdown)."""
     return int(max(r.total for r in plan_ranks(cfg, shape, layout)))
+
+
+def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> float:
+    """Activation bytes of the busiest pipeline stage (see stage_activation_bytes)."""
+    return max(stage_activation_bytes(cfg, shape, layout, s)[0] for s in range(layout.pipeline))
+
+
+def available_bytes(device) -> tuple[float, str] | None:
+    """Memory one rank can use on `device` and where that figure comes from: a GPU's free memory, or on
+    CPU the machine's (or cgroup's) available RAM shared by the ranks of this node; None if unknown."""
+    import os
+
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free), f"free memory of {torch.cuda.get_device_name(device)}"
+    try:
+        info = dict(line.split(":", 1) for line in _read("/proc/meminfo").splitlines())
+        available, source = float(info["MemAvailable"].split()[0]) * 1024, "available RAM (/proc/meminfo)"
+    except (OSError, KeyError, ValueError):
+        return None
+    try:  # a container's or SLURM job's cgroup (v2) may allow less than the machine has
+        limit, used = _read("/sys/fs/cgroup/memory.max").strip(), _read("/sys/fs/cgroup/memory.current")
+        if limit != "max" and float(limit) - float(used) < available:
+            available, source = float(limit) - float(used), "the cgroup's memory limit (memory.max)"
+    except (OSError, ValueError):
+        pass
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ranks > 1:
+        return available / ranks, f"{source} / {ranks} ranks on this node"
+    return available, source
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()

@@ -14,8 +14,6 @@ import math
 
 import torch
 
-SCALINGS = ("none", "linear", "ntk", "llama3")
-
 
 def ntk_theta(theta: float, factor: float, head_dim: int) -> float:
     return theta * factor ** (head_dim / (head_dim - 2))
