@@ -15,9 +15,9 @@ SCHEMAS = {
     "eval_schema": EvaluateConfig,
     "export_schema": ExportConfig,
     "checkpoint_schema": CheckpointToolConfig,
-    # Not "plan_schema": the launcher starts every `<name>` whose `<name>_schema` is a TrainingConfig
-    # under torchrun, and gpt-plan (a TrainingConfig plus the machine) is one process that starts nothing.
-    "planner_schema": PlanConfig,
+    # gpt-plan's module is gpt/plan_cli.py (as gpt-checkpoint's is checkpoint_cli.py): the launcher
+    # starts `gpt.<name>` for every TrainingConfig schema, and gpt-plan is one process that starts nothing.
+    "plan_schema": PlanConfig,
 }
 
 # Command-line spellings that name another key: `gpt-finetune checkpoint=<path>` reads like gpt-eval,

@@ -118,7 +118,7 @@ def test_estimate_step_follows_the_micro_batch_not_the_global_batch():
 
 
 def test_gpt_plan_prints_every_stage_and_the_layouts_that_fit():
-    proc = run_module("gpt.plan", ["model=llama-8b", "model.vocab_size=128256", "parallel.tensor=8",
+    proc = run_module("gpt.plan_cli", ["model=llama-8b", "model.vocab_size=128256", "parallel.tensor=8",
                                    "parallel.pipeline=4", "nodes=8", "gpus_per_node=8", "gpu_memory=80GB",
                                    "train.seq_len=8192", "train.precision=bf16", "train.global_batch_size=512",
                                    "train.micro_batch_size=1"], check=True)
@@ -133,7 +133,7 @@ def test_gpt_plan_prints_every_stage_and_the_layouts_that_fit():
 def plan(args, capsys) -> tuple[int, str, str]:
     """gpt-plan in this process (the same run_command as the console script)."""
     from gpt.cli import run_command
-    from gpt.plan import USAGE, run
+    from gpt.plan_cli import USAGE, run
 
     rc = run_command("gpt-plan", "plan", run, USAGE, args)
     out = capsys.readouterr()
