@@ -7,10 +7,13 @@ init calls as under torchrun. The vocabulary (257 -> 384 rows) and the widths pu
 inside init tiles (TILE=256 rows), so tiles cut between ranks are checked too.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
+from helpers import env_for_subprocess
 
-from gpt.config import compose
 from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
 from gpt.model import slots
@@ -122,8 +125,8 @@ def test_meta_model_materialises_on_demand(world_of_one):
 
 def test_generation_loads_without_drawing_or_megatron(base_run, tiles_drawn):
     """gpt-generate / gpt-eval's loader: the checkpoint's tensors become the parameters."""
-    from gpt.checkpoint.reader import full_state_dict
     from gpt.checkpoint import format as fmt
+    from gpt.checkpoint.reader import full_state_dict
     from gpt.generation.loading import load_model
 
     loaded = load_model(base_run, "cpu")
@@ -131,3 +134,11 @@ def test_generation_loads_without_drawing_or_megatron(base_run, tiles_drawn):
     saved = full_state_dict(fmt.resolve(base_run, verify=False))
     for name, p in loaded.model.named_parameters():
         assert torch.equal(p, saved[name]), name
+    # In a fresh process (this one has megatron from other tests): loading and a forward need no
+    # megatron-core, whose import alone was most of gpt-generate's time to first token.
+    code = ("import sys, torch; from gpt.generation.loading import load_model; "
+            f"m = load_model({str(base_run)!r}, 'cpu').model; m(torch.zeros(1, 4, dtype=torch.long)); "
+            "print(sorted(k for k in sys.modules if k.startswith('megatron')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_for_subprocess(),
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
