@@ -2,7 +2,14 @@
 
 from hydra.core.config_store import ConfigStore
 
-from gpt.config.commands import CheckpointToolConfig, EvaluateConfig, ExportConfig, GenerateConfig, PreprocessConfig
+from gpt.config.commands import (
+    CheckpointToolConfig,
+    EvaluateConfig,
+    ExportConfig,
+    GenerateConfig,
+    PlotConfig,
+    PreprocessConfig,
+)
 from gpt.config.finetune import FinetuneConfig
 from gpt.config.plan import PlanConfig
 from gpt.config.training import TrainingConfig
@@ -18,6 +25,7 @@ SCHEMAS = {
     # gpt-plan's module is gpt/plan_cli.py (as gpt-checkpoint's is checkpoint_cli.py): the launcher
     # starts `gpt.<name>` for every TrainingConfig schema, and gpt-plan is one process that starts nothing.
     "plan_schema": PlanConfig,
+    "plot_schema": PlotConfig,
 }
 
 # Command-line spellings that name another key: `gpt-finetune checkpoint=<path>` reads like gpt-eval,
