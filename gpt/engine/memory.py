@@ -1,20 +1,12 @@
-"""Memory per rank for weights, gradients and optimizer state: the ZeRO paper's arithmetic.
+"""Memory per rank: ONE model of what a training step holds, used by the start-up report, by the
+refusal of a batch that cannot fit (trainer.session.check_memory), by gpt-plan and by the benchmarks.
 
-Rajbhandari et al. 2020 (ZeRO), section 3/5: with Psi parameters on a rank, N_d data-parallel
-ranks and Adam, mixed precision keeps 2 Psi of half-precision weights, 2 Psi of gradients and
-K Psi = 12 Psi of optimizer state (fp32 master weights, momentum, variance); stage 1 divides the
-optimizer state by N_d, stage 2 also the gradients, stage 3 also the weights. We use the bytes our
-DeepSpeed config actually asks for:
-
-    precision  weights  gradients                         optimizer state
-    fp32       4        4                                 8  (Adam m, v)
-    bf16       2        4  (accumulated in fp32: data_types.grad_accum_dtype)  12 (fp32 master, m, v)
-    fp16       2        2                                 12 (fp32 master, m, v)
-
-bf16 at parallel.zero_stage=0 runs DeepSpeed's BF16_Optimizer, which shards its fp32 state like
-stage 1 (see deepspeed_config.deepspeed_zero_stage), so it is counted as stage 1. Psi is the rank
-holding the most parameters (the largest pipeline stage, its tensor slice). Activations, buffers,
-communication buckets and allocator fragmentation are not included: this is a floor, not a promise.
+Model states follow the ZeRO paper's arithmetic (Rajbhandari et al. 2020, sections 3/5: stage 1
+partitions the optimizer state over the N data(-x-context) ranks, stage 2 also the gradients, stage 3
+also the weights) with the bytes DeepSpeed 0.19 actually allocates for our configs (the table above
+`model_state_bytes`); `plan_ranks` / `estimate_step` add DeepSpeed's buffers and the activations
+autograd saves, per pipeline stage. `estimate` is the model-state part of the busiest rank (the
+start-up report's first memory line, with frozen parameters for fine-tuning).
 """
 
 from dataclasses import dataclass
@@ -26,36 +18,20 @@ from gpt.engine.pipeline import blocks_per_stage, stage_boundaries
 from gpt.model.build import ModelShape
 from gpt.model.gpt import layer_parameters
 
-# (weights, gradients, optimizer state) bytes per parameter.
-BYTES_PER_PARAM = {"fp32": (4, 4, 8), "bf16": (2, 4, 12), "fp16": (2, 2, 12)}
-
 
 @dataclass(frozen=True)
 class MemoryEstimate:
+    """The busiest rank's model states (bytes)."""
+
     params: int  # parameters held by the busiest rank (before ZeRO-3 partitioning)
     zero_stage: int  # the stage DeepSpeed runs (bf16 at 0 runs as 1)
-    weights: float  # bytes
+    weights: float
     gradients: float
     optimizer: float
 
     @property
     def total(self) -> float:
         return self.weights + self.gradients + self.optimizer
-
-
-def zero_memory(params: int, precision: str, zero_stage: int, data: int, trainable: int | None = None) -> MemoryEstimate:
-    """Bytes of weights, gradients and optimizer state on one rank holding `params` parameters, of
-    which `trainable` (default: all) have gradients and optimizer state (frozen ones have neither)."""
-    trainable = params if trainable is None else trainable
-    bw, bg, bo = BYTES_PER_PARAM[precision]
-    w, g, o = bw * params, bg * trainable, bo * trainable
-    if zero_stage >= 1:
-        o /= data
-    if zero_stage >= 2:
-        g /= data
-    if zero_stage >= 3:
-        w /= data
-    return MemoryEstimate(params=params, zero_stage=zero_stage, weights=w, gradients=g, optimizer=o)
 
 
 def stage_parameters(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> list[int]:
@@ -73,9 +49,12 @@ def stage_parameters(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> 
 
 def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout, trainable: int | None = None) -> MemoryEstimate:
     """The busiest rank's weights/gradients/optimizer bytes for this run's layout, precision and ZeRO
-    stage; `trainable`: parameters that train on the busiest rank (fine-tuning), default all."""
-    return zero_memory(max(stage_parameters(cfg, shape, layout)), cfg.train.precision, deepspeed_zero_stage(cfg),
-                       layout.data_context, trainable)
+    stage (model_state_bytes); `trainable`: parameters that train on the busiest rank (fine-tuning),
+    default all."""
+    params, stage = max(stage_parameters(cfg, shape, layout)), deepspeed_zero_stage(cfg)
+    w, g, o = model_state_bytes(params, cfg.train.precision, stage, layout.data_context, _sub_group_size(cfg),
+                                trainable=trainable)
+    return MemoryEstimate(params=params, zero_stage=stage, weights=w, gradients=g, optimizer=o)
 
 
 def human_bytes(n: float) -> str:
@@ -92,7 +71,7 @@ def human_bytes(n: float) -> str:
 # rank's parameters, N: data-parallel ranks, e: 4 bytes in fp32, 2 in bf16/fp16):
 #
 #   stage  weights        gradients                          optimizer state
-#   0      4 (fp32)       4                                  8 (AdamW m, v)
+#   0      e              e                                  8 (AdamW m, v); fp16: + 4 (fp32 master)
 #   1      e              fp32: 4 + 4/N (the partition at the step); bf16 (BF16_Optimizer): 4
 #                         (fp32 accumulation); fp16: 2 + 4/N                 12/N (fp32 master, m, v)
 #   2      e              e/N + 4/N (fp32 partition at the step)             12/N
@@ -117,6 +96,7 @@ class RankPlan:
     activations: float  # saved for backward, and the loss, with train.activation_checkpointing as set
     activations_other: float  # the same with activation checkpointing the other way round
     micro_batches_in_flight: int  # pipelines: forward passes a stage holds before its first backward
+    reduce_copy: float = 0.0  # ZeRO 0: the flattened gradients of DeepSpeed's all-reduce, after backward
 
     @property
     def model_states(self) -> float:
@@ -124,25 +104,32 @@ class RankPlan:
 
     @property
     def total(self) -> float:
-        return self.model_states + self.buffers + self.activations
+        """The peak: during backward the activations, once they are freed the all-reduce's copy."""
+        return self.model_states + self.buffers + max(self.activations, self.reduce_copy)
 
 
 ELEMENT = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
-def model_state_bytes(params: int, precision: str, stage: int, data: int,
-                      sub_group_size: float = 1e9) -> tuple[float, float, float]:
-    """(weights, gradients, optimizer state) bytes of a rank holding `params` trainable parameters
-    (ZeRO-3 converts its gradient partition to fp32 one `zero_optimization.sub_group_size` at a time)."""
+def model_state_bytes(params: int, precision: str, stage: int, data: int, sub_group_size: float = 1e9, *,
+                      trainable: int | None = None) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer state) bytes of a rank holding `params` parameters of which
+    `trainable` (default all) have gradients and optimizer state (ZeRO-3 converts its gradient
+    partition to fp32 one `zero_optimization.sub_group_size` at a time)."""
     e, n, p = ELEMENT[precision], data, float(params)
-    if stage == 0:
-        return 4 * p, 4 * p, 8 * p
+    q = p if trainable is None else float(trainable)
+    if stage == 0:  # fp32 (bf16 at stage 0 runs as stage 1); fp16: FP16_Optimizer's fp32 master + m, v
+        return e * p, e * q, (8 + (4 if e == 2 else 0)) * q
     if stage == 1:
         grads = {"fp32": 4 + 4 / n, "bf16": 4.0, "fp16": 2 + 4 / n}[precision]
-        return e * p, grads * p, 12 * p / n
+        return e * p, grads * q, 12 * q / n
     if stage == 2:
-        return e * p, (e + 4) * p / n, 12 * p / n
-    return e * p / n, e * p / n + 4 * min(sub_group_size, p / n), (8 + (4 if e == 2 else 0)) * p / n
+        return e * p, (e + 4) * q / n, 12 * q / n
+    return e * p / n, e * q / n + 4 * min(sub_group_size, q / n), (8 + (4 if e == 2 else 0)) * q / n
+
+
+def _sub_group_size(cfg: TrainingConfig) -> float:
+    return float(_zero_config(cfg).get("sub_group_size", 1e9))
 
 
 def _zero_config(cfg: TrainingConfig) -> dict:
@@ -177,6 +164,16 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
         if m.tie_embeddings:
             out += 4 * shape.padded_vocab // t * m.n_embd
     return out
+
+
+# DeepSpeed's engine.allreduce_gradients: at ZeRO 0 it flattens the gradients into buckets of this
+# many elements (MEMORY_OPT_ALLREDUCE_SIZE) for the all-reduce, whatever the data-parallel size.
+ALLREDUCE_BUCKET = 500_000_000
+
+
+def reduce_copy_bytes(cfg: TrainingConfig, zero: int, params: int) -> float:
+    """ZeRO 0 only: the flattened copy of the gradients (one bucket at most) made after backward."""
+    return ELEMENT[cfg.train.precision] * min(ALLREDUCE_BUCKET, params) if zero == 0 else 0.0
 
 
 def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: int, batch: int, seq: int) -> float:
@@ -245,14 +242,13 @@ def plan_ranks(cfg: TrainingConfig, shape: ModelShape, layout: Layout, *, stage_
     stage_largest = stage_largest or [big] * layout.pipeline
     zero, out = deepspeed_zero_stage(cfg), []
     for s, (params, largest) in enumerate(zip(stage_params, stage_largest)):
-        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context,
-                                    float(_zero_config(cfg).get("sub_group_size", 1e9)))
+        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context, _sub_group_size(cfg))
         act, flight = stage_activation_bytes(cfg, shape, layout, s)
         other, _ = stage_activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
         out.append(RankPlan(stage=s, params=params, largest_layer=largest, weights=w, gradients=g, optimizer=o,
                             buffers=buffer_bytes(cfg, shape, layout, s, params, largest), activations=act,
-                            activations_other=other,
-                            micro_batches_in_flight=flight))
+                            activations_other=other, micro_batches_in_flight=flight,
+                            reduce_copy=reduce_copy_bytes(cfg, zero, params)))
     return out
 
 

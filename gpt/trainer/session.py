@@ -148,17 +148,16 @@ def check_memory(cfg: TrainingConfig, shape, layout) -> None:
     if found is None:
         return
     available, source = found
-    mem = memory.estimate(cfg, shape, layout)
-    act = memory.activation_bytes(cfg, shape, layout)
-    if mem.total + act > available:
+    rank = max(memory.plan_ranks(cfg, shape, layout), key=lambda r: r.total)  # the start-up report's model
+    if rank.total > available:
         hb = memory.human_bytes
         raise ConfigError(
             f"train.micro_batch_size={cfg.train.micro_batch_size}, train.seq_len={cfg.train.seq_len}: the busiest rank "
-            f"needs at least {hb(mem.total + act)} (weights {hb(mem.weights)} + gradients {hb(mem.gradients)} + "
-            f"optimizer state {hb(mem.optimizer)} + activations {hb(act)}, an estimate) but has {hb(available)} "
-            f"({source}); lower train.micro_batch_size (train.global_batch_size is reached by accumulation), set "
-            f"train.activation_checkpointing=true, shard with parallel.zero_stage/parallel.tensor, or start anyway "
-            f"with train.check_memory=false")
+            f"needs at least {hb(rank.total)} (weights {hb(rank.weights)} + gradients {hb(rank.gradients)} + "
+            f"optimizer state {hb(rank.optimizer)} + buffers {hb(rank.buffers)} + activations {hb(rank.activations)}, "
+            f"an estimate) but has {hb(available)} ({source}); lower train.micro_batch_size "
+            f"(train.global_batch_size is reached by accumulation), set train.activation_checkpointing=true, shard "
+            f"with parallel.zero_stage/parallel.tensor, or start anyway with train.check_memory=false")
 
 
 finetune = pretrain  # a FinetuneConfig adds the `peft` section, which build_engine applies

@@ -4,7 +4,10 @@ torchrun). Measured: the growth of this process's peak RSS (VmHWM, reset after t
 exist) over its RSS at that point, i.e. what the engine, the model and the steps added; on CPU that
 is the memory the plan's figure describes (GPU runs would read torch.cuda.max_memory_allocated).
 
-    torchrun --nproc_per_node=N -m tests.engine.step_memory_probe STEPS key=value ...
+    torchrun --nproc_per_node=N -m tests.engine.step_memory_probe STEPS key=value ... [-- key=value ...]...
+
+Each `--` group adds its overrides to the common ones and is measured in turn in this process (one
+PROBE line per group, "group": its index), sharing the process start and the warm-up.
 """
 
 import json
@@ -18,6 +21,8 @@ def kib(field: str) -> int:
 
 
 def main() -> None:
+    import gc
+
     import torch
 
     from gpt.config import compose
@@ -28,12 +33,12 @@ def main() -> None:
     from gpt.model.build import model_shape
     from gpt.parallel import context
 
-    steps, overrides = int(sys.argv[1]), sys.argv[2:]
-    cfg = compose("pretrain", ["device=cpu", "data.path=unused", *overrides])
-    layout = validate_training(cfg)
+    steps, parts = int(sys.argv[1]), [[]]
+    for arg in sys.argv[2:]:
+        parts.append([]) if arg == "--" else parts[-1].append(arg)
+    overrides, groups = parts[0], parts[1:] or [[]]
+    layout = validate_training(compose("pretrain", ["device=cpu", "data.path=unused", *overrides, *groups[0]]))
     ctx = context.initialize(layout, "cpu")
-    shape = model_shape(cfg.model, cfg.model.vocab_size)
-    plan = memory.plan_ranks(cfg, shape, layout)[ctx.pp_rank]
 
     def run(cfg, shape, steps):
         engine = build_engine(cfg, ctx, shape)
@@ -55,15 +60,19 @@ def main() -> None:
                                  "model.n_kv_head=null", "model.ffn_hidden=null", "model.vocab_size=256",
                                  "train.seq_len=8", "model.max_seq_len=8"])
     run(small, model_shape(small.model, 256), 1)
-    import gc
 
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    base = kib("VmRSS")
-    run(cfg, shape, steps)
-    row = {"rank": ctx.rank, "stage": ctx.pp_rank, "measured": (kib("VmHWM") - base) * 1024, "plan": plan.total,
-           "model_states": plan.model_states, "buffers": plan.buffers, "activations": plan.activations}
-    print("PROBE " + json.dumps(row), flush=True)
+    for i, extra in enumerate(groups):
+        cfg = compose("pretrain", ["device=cpu", "data.path=unused", *overrides, *extra])
+        shape = model_shape(cfg.model, cfg.model.vocab_size)
+        plan = memory.plan_ranks(cfg, shape, layout)[ctx.pp_rank]
+        gc.collect()
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+        base = kib("VmRSS")
+        run(cfg, shape, steps)
+        row = {"rank": ctx.rank, "stage": ctx.pp_rank, "group": i, "measured": (kib("VmHWM") - base) * 1024,
+               "plan": plan.total, "model_states": plan.model_states, "buffers": plan.buffers,
+               "activations": plan.activations}
+        print("PROBE " + json.dumps(row), flush=True)
     context.destroy()
 
 
