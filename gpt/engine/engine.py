@@ -24,6 +24,7 @@ from gpt.model.gpt import weighted_loss
 from gpt.model.slots import Slots
 from gpt.parallel.context import ParallelContext
 from gpt.parallel.device import prepare_deepspeed
+from gpt.parallel.rng import RNGTracker
 from gpt.peft import apply_peft, trainable_counts
 from gpt.parallel import collectives
 
@@ -81,11 +82,12 @@ class StepResult:
 class TrainEngine:
     """What the trainer and checkpoints use; subclasses hold a DeepSpeed engine in `self.ds`."""
 
-    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts"):
+    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts", rng: RNGTracker):
         self.ds = ds
         self.ctx = ctx
         self.cfg = cfg
         self.counts = counts
+        self.rng = rng  # the tensor-parallel random stream (checkpoints save and restore it)
         self.zero3 = zero3_partitioning(ds, ctx.layout.data)
 
     @property
@@ -209,7 +211,7 @@ PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *, init_weights: bool,
-                 ds_config: dict) -> torch.nn.Module:
+                 ds_config: dict, rng: RNGTracker) -> torch.nn.Module:
     """This rank's model, holding only what the rank owns, in the run's dtype, on its device.
 
     Pipelines: DeepSpeed builds this stage's layers only (on the device). ZeRO-3: built under
@@ -222,7 +224,7 @@ def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
 
     layout = ctx.layout
     dtype = PARAM_DTYPES[cfg.train.precision]
-    slots = Slots.of(ctx, cfg.parallel, draw=init_weights, params_dtype=dtype)
+    slots = Slots.of(ctx, cfg.parallel, draw=init_weights, params_dtype=dtype, rng=rng)
     if layout.pipeline > 1:
         with torch.device(ctx.device):
             return build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
@@ -254,10 +256,11 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
 
     prepare_deepspeed(ctx.device, ctx.backend)
     layout = ctx.layout
+    rng = RNGTracker(ctx.device)
     plain = uses_plain_optimizer(cfg)
     ds_config = deepspeed_config(cfg, layout)
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
-        module = build_module(cfg, ctx, shape, init_weights=init_weights, ds_config=ds_config)
+        module = build_module(cfg, ctx, shape, init_weights=init_weights, ds_config=ds_config, rng=rng)
     mpu = None if layout.pipeline > 1 else ctx.mpu()  # a PipelineModule brings its own grid (same rank layout)
     peft = getattr(cfg, "peft", None)  # a FinetuneConfig's; pretraining trains everything
     if peft is not None:
@@ -272,4 +275,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
     with contextlib.redirect_stdout(sys.stderr):
         ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, mpu=mpu)
     log.get("engine").debug("deepspeed engine %s ready", type(ds).__name__)
-    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts)
+    # Dropout streams, seeded once everything is built: the default one shared by the tensor ranks
+    # of a stage, the tensor-parallel one different on each (gpt/parallel/rng.py).
+    rng.seed(cfg.train.seed + 100 * ctx.pp_rank, tp_rank=ctx.tp_rank)
+    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts, rng)

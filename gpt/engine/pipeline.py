@@ -95,9 +95,9 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
 
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data_context)
     module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
-                         checkpointable_layers=["Block"])
-    # Recompute each Block in backward (DeepSpeed's checkpoint; the embedding, norm and head are
-    # kept). Set through the public setter, which also precomputes which layers qualify: without
+                         checkpointable_layers=["Block"], activation_checkpoint_func=slots.recompute)
+    # Recompute each Block in backward (with both random streams replayed, as in the one-module
+    # model: slots.recompute; the embedding, norm and head are kept). Set through the public setter, which also precomputes which layers qualify: without
     # it the module's own forward skips every layer until a PipelineEngine has wrapped it.
     module.set_checkpoint_interval(1 if activation_checkpointing else 0)
     return module

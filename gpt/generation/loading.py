@@ -50,7 +50,7 @@ def load_model(path: str | Path, device: str = "auto", *, merge_peft: bool = Fal
     """The checkpoint's model in one process; a fine-tuned one with its PEFT modules rebuilt (the
     layers its config records), or with LoRA folded into the weights when `merge_peft`."""
     # Sizes only: hashing every file (moments included) would cost a large model minutes per start;
-    # resume and export check the sha256 sums.
+    # resume and export check the checksums.
     ckpt = fmt.resolve(path, verify=False)
     if ckpt is None:
         raise CheckpointError(f"no checkpoint under {path} (expected a run.dir with checkpoints/latest, or a checkpoint directory)")

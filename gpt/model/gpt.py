@@ -25,7 +25,7 @@ class Embedding(nn.Module):
             self.wpe = slots.embedding(cfg.max_seq_len, cfg.n_embd, init=init.normal())
         self.positions = slots.positions
         self.split = slots.residual_split()  # sequence parallel: (b, t, h) -> (b, t/p, h)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         x = self.wte(idx)  # (b, t) -> (b, t, h)
@@ -71,7 +71,7 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.max_seq_len, rope.model_frequencies(cfg)) if cfg.position == "rope" else None
         self.positions, self.core = slots.positions, slots.attention_core()
         self.dropout = cfg.dropout
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         qkv = self.qkv(x)[0]  # (b, t, (nh + 2 nkv) hd); t: the whole sequence also under sequence parallelism
@@ -101,7 +101,7 @@ class GeluMLP(nn.Module):
         super().__init__()
         self.fc = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
         self.proj = slots.row(hidden, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, x):
         return self.drop(self.proj(F.gelu(self.fc(x)[0], approximate="tanh"))[0])
@@ -113,7 +113,7 @@ class SwiGLUMLP(nn.Module):
         self.gate = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
         self.up = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
         self.down = slots.row(hidden, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, x):
         return self.drop(self.down(F.silu(self.gate(x)[0]) * self.up(x)[0])[0])
@@ -187,6 +187,7 @@ class GPT(nn.Module):
         self.norm = Norm(cfg, slots)
         self.output = Output(cfg, slots, init(n + 2), vocab, vocab_size)
         self.activation_checkpointing = False
+        self.recompute = slots.recompute
 
     def forward(self, idx: torch.Tensor, caches=None) -> torch.Tensor:
         """Token ids (b, t) -> vocab-parallel logits (b, t, v/p)."""
@@ -194,7 +195,7 @@ class GPT(nn.Module):
         x = self.embedding(idx, start)
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = self.recompute(block, x)
             else:
                 x = block(x, caches[i] if caches else None)
         return self.output(self.norm(x), self.embedding.wte.weight if self.cfg.tie_embeddings else None)

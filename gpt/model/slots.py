@@ -20,12 +20,14 @@ it also works on the meta device (the recipe is kept and applied by `build.mater
 `deepspeed.zero.Init` (drawn before ZeRO-3 partitions the tensor).
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from gpt.model.context_parallel import ContextParallelAttention, local_positions
 
@@ -236,6 +238,7 @@ class Slots:
     cp_size > 1: this rank holds two chunks of each sequence (gpt/model/context_parallel.py), which sets
     the positions it computes at and its attention core. `draw=False` builds without drawing the init
     (a checkpoint is about to set every weight); `params_dtype`: the dtype slot parameters are allocated in.
+    `rng` decides which random stream dropout draws from (Megatron's rule, gpt/parallel/rng.py).
     """
 
     tp_size: int
@@ -246,6 +249,7 @@ class Slots:
     cp_group: object = None
     draw: bool = True
     params_dtype: torch.dtype = torch.float32
+    rng: object = None  # a gpt.parallel.rng.RNGTracker: how dropout draws (None: eval-only models)
 
     def __post_init__(self):
         self.tp_rank = 0
@@ -323,7 +327,47 @@ class Slots:
         return torch.arange(start, start + t, device=device)
 
     def attention_core(self):
-        """softmax(q k^T / sqrt(hd)) v: SDPA, or its context-parallel form."""
-        if self.cp_size > 1:
-            return ContextParallelAttention(self.cp_group, self.cp_rank, self.cp_size)
-        return F.scaled_dot_product_attention
+        """softmax(q k^T / sqrt(hd)) v: SDPA, or its context-parallel form. Its dropout falls on this
+        rank's heads: it draws from the tensor-parallel stream."""
+        core = ContextParallelAttention(self.cp_group, self.cp_rank, self.cp_size) if self.cp_size > 1 \
+            else F.scaled_dot_product_attention
+        return _InRegion(core, self.tensor_parallel_region) if self.rng is not None else core
+
+    def dropout(self, p: float) -> nn.Module:
+        """Dropout on the residual stream: whole on every tensor rank (the shared stream), or, under
+        sequence parallelism, this rank's part of the sequence (the tensor-parallel stream)."""
+        return _DropoutIn(p, self.tensor_parallel_region) if self.sequence_parallel and self.rng is not None \
+            else nn.Dropout(p)
+
+    def tensor_parallel_region(self):
+        """Context for random ops on split activations: they draw from the tensor-parallel stream
+        (different on every tensor rank); outside it, from the stream all tensor ranks share."""
+        return self.rng.fork() if self.rng is not None else contextlib.nullcontext()
+
+    def recompute(self, fn, *args):
+        """fn(*args), its activations recomputed in backward, with the same dropout masks in both streams."""
+        context_fn = self.rng.recompute_contexts if self.rng is not None else torch.utils.checkpoint.noop_context_fn
+        return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=context_fn)
+
+
+class _InRegion:
+    """`fn` called inside `region()` (a context manager factory)."""
+
+    def __init__(self, fn, region):
+        self.fn, self.region = fn, region
+
+    def __call__(self, *args, **kwargs):
+        with self.region():
+            return self.fn(*args, **kwargs)
+
+
+class _DropoutIn(nn.Dropout):
+    """nn.Dropout whose masks come from the random stream `region()` selects."""
+
+    def __init__(self, p: float, region):
+        super().__init__(p)
+        self.region = region
+
+    def forward(self, x):
+        with self.region():
+            return super().forward(x)

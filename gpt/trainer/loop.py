@@ -14,15 +14,16 @@ from safetensors import SafetensorError
 
 from gpt import log
 from gpt.checkpoint import format as ckpt_format
-from gpt.checkpoint.save import save as save_checkpoint
+from gpt.checkpoint.save import Checkpointer, SaveFailed, why_failed
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import TrainEngine
 from gpt.engine.optim import lr_at
-from gpt.errors import CheckpointError, GptError, TrainingError
+from gpt.errors import CheckpointError, DataError, GptError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.progress import Progress
-from gpt.trainer.signals import StopRequest
+from gpt.trainer.replicas import check_replicas
+from gpt.trainer.signals import StopRequest, any_rank
 from gpt.trainer.state import TrainerState
 from gpt.trainer.tensorboard import TensorBoardSink
 
@@ -42,6 +43,7 @@ class Session:
     state: TrainerState
     metrics: MetricsLog
     wandb: WandbSink
+    checkpointer: Checkpointer | None = None  # writes checkpoints (asynchronously by default)
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
     tensorboard: TensorBoardSink | None = None
@@ -53,6 +55,7 @@ class Session:
         return self.engine.ctx
 
     def close(self) -> None:
+        self.checkpointer.close()  # a save in flight is finished first
         self.metrics.close()
         self.wandb.finish()
         if self.tensorboard is not None:
@@ -68,10 +71,42 @@ def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
     gbs = s.cfg.train.global_batch_size
     losses = []
     for k in range(s.cfg.eval.iters):
-        if stop is not None and stop.agreed(s.ctx.device):
+        try:  # read first, so that every rank knows whether all could read before the collectives
+            batches, error = s.val_data.global_batch(k * gbs), None
+        except DataError as e:
+            batches, error = None, e
+        # one all-reduce: a stop signal and a rank that could not read its batch
+        stopping, failed = stop.agreed_with(s.ctx.device, error is not None) if stop is not None \
+            else (False, any_rank(s.ctx.device, error is not None)[0])
+        if stopping:
             return None
-        losses.append(s.engine.eval_loss(s.val_data.global_batch(k * gbs)))
+        if failed:
+            data_failure(s, error, saved=False)  # evaluation follows a step that is not saved yet
+        losses.append(s.engine.eval_loss(batches))
     return sum(losses) / len(losses)
+
+
+def fetch(s: Session):
+    """(this rank's micro-batches of the next step or None, the DataError that prevented it or None, seconds)."""
+    t0 = time.perf_counter()
+    try:
+        return s.train_data.global_batch(s.state.consumed_samples), None, time.perf_counter() - t0
+    except DataError as e:  # a shard damaged or truncated while training runs
+        return None, e, time.perf_counter() - t0
+
+
+def data_failure(s: Session, error, saved: bool) -> None:
+    """Some rank could not read its data (all ranks agreed on it): save the last completed step (unless
+    `saved`), then stop with the reader's one line. consumed_samples still points at the batch that
+    failed, so a resume after the data is fixed reads it again."""
+    note = "nothing to save before step 1"
+    if s.state.step and not saved:
+        save(s)
+        note = f"checkpoint step {s.state.step} saved"
+    elif s.state.step:
+        note = f"checkpoint step {s.state.step} is saved already"
+    why = str(error) if error is not None else "another rank could not read its training data (see its error)"
+    raise DataError(f"{why} [{note}; fix the data and re-run to resume]")
 
 
 # What a failed write raises: the OS (a full disk, a quota, a file size limit), or safetensors' own
@@ -79,22 +114,29 @@ def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
 WRITE_ERRORS = (OSError, SafetensorError)
 
 
-def save(s: Session) -> None:
-    """Checkpoint this step. A failed write (a full disk) is one line saying what is kept: the
-    previous checkpoints are untouched (a save only becomes visible when complete)."""
-    best = s.state.best_step
+def save(s: Session, *, best: bool = False) -> None:
+    """Start saving this step (returns while the files are written; see Checkpointer); `best`: point
+    `best` at it once it is complete. The previous save is finished first: a failed write (a full
+    disk), this one's or the previous one's, is one line saying what is kept (the previous
+    checkpoints are untouched: a save only becomes visible when complete)."""
+    kept = s.state.best_step
     try:
-        save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                        tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
-                        keep=(ckpt_format.step_dir_name(best),) if best else (), sft_template=s.train_data.sft_template)
+        s.checkpointer.save(step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
+                            tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                            keep=(ckpt_format.step_dir_name(kept),) if kept else (),
+                            sft_template=s.train_data.sft_template, best=best)
+    except SaveFailed as e:
+        raise CheckpointError(save_failed(s, e.step, e.reason)) from None
     except WRITE_ERRORS as e:
-        raise CheckpointError(save_failed(s, e)) from None
+        raise CheckpointError(save_failed(s, s.state.step, why_failed(e))) from None
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+def wait_saved(s: Session) -> None:
+    """Block until the save in flight is complete (the process exits or stops next); a failure is one line."""
+    try:
+        s.checkpointer.wait()
+    except SaveFailed as e:
+        raise CheckpointError(save_failed(s, e.step, e.reason)) from None
 
 
 def _kept(s: Session) -> str:
@@ -110,21 +152,11 @@ def _kept(s: Session) -> str:
     return kept
 
 
-def write_best(s: Session, step: int) -> None:
-    try:
-        ckpt_format.write_pointer(s.cfg.run.dir, ckpt_format.BEST, step)
-    except OSError as e:
-        root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
-        raise CheckpointError(f"writing {root / ckpt_format.BEST} failed ({_why(e)}); checkpoint step {step} itself "
-                              f"is saved ({root / ckpt_format.LATEST} names it); free space, then re-run the same "
-                              f"command") from None
-
-
-def save_failed(s: Session, e: BaseException) -> str:
+def save_failed(s: Session, step: int, reason: str) -> str:
     root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
-    also = f"; writing {s.metrics.path} had failed too ({_why(s.metrics.failed)})" \
+    also = f"; writing {s.metrics.path} had failed too ({why_failed(s.metrics.failed)})" \
         if s.metrics is not None and s.metrics.failed is not None else ""
-    return (f"saving checkpoint {root / ckpt_format.step_dir_name(s.state.step)} failed ({_why(e)}){also}; "
+    return (f"saving checkpoint {root / ckpt_format.step_dir_name(step)} failed ({reason}){also}; "
             f"{_kept(s)}; free space or fix {root}, then re-run the same command")
 
 
@@ -191,17 +223,15 @@ def is_bad(loss: float, skipped: bool, precision: str) -> bool:
     return not math.isfinite(loss) or (skipped and precision != "fp16")
 
 
-def train_step(s: Session) -> dict:
-    """One optimizer step: set the LR, fetch this rank's micro-batches, step, record metrics."""
+def train_step(s: Session, batches, data_s: float) -> dict:
+    """One optimizer step on this rank's micro-batches (fetched by `fetch`): set the LR, step, record metrics."""
     cfg, st, t = s.cfg, s.state, s.cfg.train
     step = st.step + 1
     lr = lr_at(step, cfg.optim, t.steps)
     s.engine.set_lr(lr)
-    t0 = time.perf_counter()
-    batches = s.train_data.global_batch(st.consumed_samples)
     t1 = time.perf_counter()
     result = s.engine.train_step(batches)
-    dt = time.perf_counter() - t0
+    dt = time.perf_counter() - t1 + data_s
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
     # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
@@ -211,10 +241,12 @@ def train_step(s: Session) -> dict:
     st.skipped_steps += int(skipped)
     st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
     record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
+              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": data_s,
               "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps,
               "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
     _record(s, record)
+    if t.check_replicas_every and step % t.check_replicas_every == 0:
+        check_replicas(s.engine, step)
     if bad and s.ctx.is_logging_rank:
         logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
                        step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
@@ -227,19 +259,28 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
-    if stop.agreed(s.ctx.device):  # a signal during setup: nothing new to save
+    # The next step's batches are read before the ranks agree on stopping, so that a rank that cannot
+    # read its data (a damaged shard) stops every rank at the same step, with a checkpoint.
+    batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
+    stopping, failed = stop.agreed_with(s.ctx.device, error is not None)
+    if stopping:  # a signal during setup: nothing new to save
         logger.info("stopped by signal before step %d; nothing new to save", st.step + 1)
         return st
     while st.step < last:
-        record = train_step(s)
+        if failed:
+            data_failure(s, error, saved=saved_at == st.step)
+        record = train_step(s, batches, data_s)
         step = record["step"]
         progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
                         f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
+        batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
         # One all-reduce carries every decision all ranks must take together after a step.
-        stopping, diverged, lost_metrics = stop.agreed_with(s.ctx.device, diverged, s.metrics.failed is not None)
+        stopping, diverged, lost_metrics, failed = stop.agreed_with(s.ctx.device, diverged, s.metrics.failed is not None,
+                                                                    error is not None)
         if stopping or diverged or lost_metrics:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
+            wait_saved(s)  # the process exits next: the checkpoint must be complete first
             if diverged:
                 raise TrainingError(
                     f"the loss was not finite for {st.bad_steps_in_row} steps in a row (steps "
@@ -254,6 +295,7 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             if run_eval(s, stop) is None:  # a stop signal during the evaluation: save this step, once
                 save(s)
+                wait_saved(s)
                 logger.info("stopped by signal during the evaluation after step %d; checkpoint saved", step)
                 return st
             patience = cfg.eval.early_stopping.patience
@@ -262,11 +304,10 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         if cfg.eval.tasks and (step % cfg.eval.tasks_every == 0 or step == t.steps):
             run_tasks(s)
         if early_stop or improved or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save(s)
+            save(s, best=improved)
             saved_at = step
-            if improved and s.ctx.is_logging_rank:
-                write_best(s, step)
             if step < last and not early_stop and stop.agreed(s.ctx.device):  # a signal during the save
+                wait_saved(s)
                 logger.info("stopped by signal after step %d; checkpoint saved", step)
                 return st
         if early_stop:
@@ -275,12 +316,13 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
+    wait_saved(s)  # the run ends with its last checkpoint complete
     if s.metrics.failed is not None:  # the last step's record (or an evaluation's) was lost
         raise TrainingError(metrics_failed(s))
     return st
 
 
 def metrics_failed(s: Session) -> str:
-    return (f"writing {s.metrics.path} failed at step {s.metrics.failed_step} ({_why(s.metrics.failed)}), so training "
+    return (f"writing {s.metrics.path} failed at step {s.metrics.failed_step} ({why_failed(s.metrics.failed)}), so training "
             f"stopped after saving checkpoint {ckpt_format.checkpoints_dir(s.cfg.run.dir) / ckpt_format.step_dir_name(s.state.step)}; "
             f"{s.metrics.path} holds steps up to {s.metrics.last_step}; free space, then re-run the same command to resume")

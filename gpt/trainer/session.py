@@ -5,8 +5,6 @@ import os
 import signal
 from pathlib import Path
 
-import torch
-
 from gpt import log
 from gpt.checkpoint.base_weights import SHAPE_KEYS, same_peft, saved_peft
 from gpt.checkpoint.load import load as load_checkpoint
@@ -14,6 +12,7 @@ from gpt.checkpoint.load import load_weights
 from gpt.checkpoint.load import select as select_checkpoint
 from gpt.checkpoint.compat import check_architecture
 from gpt.checkpoint.reader import check_tokenizer
+from gpt.checkpoint.save import Checkpointer
 from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
@@ -204,7 +203,6 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     """Data, engine, resume from run.dir's latest checkpoint, metrics: everything the loop needs."""
     log.setup(ctx.rank)
     run_dir = Path(cfg.run.dir)
-    torch.manual_seed(cfg.train.seed + 100 * ctx.pp_rank)  # dropout; tensor ranks share it
     train_data, val_data = build_loaders(cfg.data, seq_len=cfg.train.seq_len,
                                          global_batch_size=cfg.train.global_batch_size,
                                          micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank,
@@ -215,7 +213,7 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     engine = build_engine(cfg, ctx, shape, init_weights=selected is None and not cfg.model.init_from)
     cdict = config_dict(cfg)
     session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(data=data_fingerprint(cfg)),
-                      None, None)
+                      None, None, checkpointer=Checkpointer(engine, asynchronous=cfg.checkpoint.async_save))
 
     resume(session, shape, selected)
     writes = ctx.is_logging_rank and log_to_run_dir

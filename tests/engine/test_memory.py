@@ -32,7 +32,8 @@ def test_estimate_follows_the_measured_peak_of_real_runs():
     args = ["2", *PROBE]
     for keys in SIZES.values():
         args += ["--", *keys]
-    env = {**env_for_subprocess(), "MALLOC_MMAP_THRESHOLD_": "65536"}  # see tests/engine/test_plan.py
+    # See tests/engine/test_plan.py; one malloc arena: per-thread arenas (gloo) add run-to-run noise.
+    env = {**env_for_subprocess(), "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
     proc = torchrun(1, "tests.engine.step_memory_probe", args, env=env)
     rows = [json.loads(line.split("PROBE ", 1)[1]) for line in proc.stdout.splitlines() if "PROBE " in line]
     small, large = (r["measured"] for r in sorted(rows, key=lambda r: r["group"]))
