@@ -22,8 +22,7 @@ class Embedding(nn.Module):
         self.wte = slots.vocab_embedding(vocab, cfg.n_embd, init=init.normal())
         self.wpe = None
         if cfg.position == "learned":
-            self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-            init.normal()(self.wpe.weight)
+            self.wpe = slots.embedding(cfg.max_seq_len, cfg.n_embd, init=init.normal())
         self.positions = slots.positions
         self.split = slots.residual_split()  # sequence parallel: (b, t, h) -> (b, t/p, h)
         self.drop = slots.dropout(cfg.dropout)
@@ -40,7 +39,15 @@ class Rotary(nn.Module):
 
     def __init__(self, max_seq_len: int, inv_freq: torch.Tensor):
         super().__init__()
-        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+        self.max_seq_len, self.inv_freq = max_seq_len, inv_freq  # (hd/2,) on the CPU (rope.py)
+        self.reset_buffers()
+
+    def reset_buffers(self, device=None) -> None:
+        """(Re)compute the cos/sin tables on `device` (default: where tensors are being built, so only
+        shapes on the meta device; a model built there is materialised through this)."""
+        device = torch.empty(0, device=device).device
+        freqs = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device),
+                            self.inv_freq.to(device))  # (T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
@@ -153,8 +160,10 @@ class Output(nn.Module):
         self.vocab_size = vocab_size
         local = vocab // slots.tp_size
         first = slots.tp_rank * local  # this rank's rows are [first, first + local)
-        self.register_buffer("padding", torch.arange(first, first + local) >= vocab_size, persistent=False)  # (v/p,)
-        self.padded = bool(self.padding.any())
+        # Where the model is being built; on the CPU while that is the meta device (materialize moves it).
+        rows = torch.arange(first, first + local, device="cpu" if torch.empty(0).is_meta else None)
+        self.register_buffer("padding", rows >= vocab_size, persistent=False)  # (v/p,)
+        self.padded = first + local > vocab_size
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.head(x, weight=weight)[0]  # (b, t, v/p)
