@@ -3,8 +3,7 @@
 import math
 
 import torch
-
-from gpt.model.gpt import token_losses
+import torch.nn.functional as F
 
 
 @torch.no_grad()
@@ -16,7 +15,9 @@ def mean_loss(model, loader, *, batches: int, device) -> dict:
         for b in loader.global_batch(k * gbs):
             b = b.to(device)
             mask = (b.weights > 0).float()  # the loader's weights normalise per step; here every token counts once
-            total += float((token_losses(model(b.tokens), b.labels) * mask).sum())
+            logits = model(b.tokens).float()  # (b, t, v): one process holds the whole vocabulary
+            losses = F.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), reduction="none")
+            total += float((losses.view_as(mask) * mask).sum())
             weight += float(mask.sum())
     loss = total / weight
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(weight)}
