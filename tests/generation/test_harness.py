@@ -91,6 +91,8 @@ def test_same_numbers_as_lm_evals_hf_model_on_the_export(base_run, corpus_file, 
 
     for key, value in offline_env({}, tmp_path / "home").items():
         monkeypatch.setenv(key, value)
+    for key in ("LOCAL_RANK", "RANK", "WORLD_SIZE"):  # left by an in-process run of this worker: accelerate
+        monkeypatch.delenv(key, raising=False)        # would take them for a launch and start env://
     hf_dir = tmp_path / "hf"
     run_module("gpt.export", [f"checkpoint={base_run}", f"output={hf_dir}"], check=True)
     loaded = load_model(base_run, "cpu")

@@ -64,7 +64,7 @@ def test_dry_run_imports_neither_torch_nor_deepspeed():
 
 @pytest.mark.parametrize("args, variables, message", [
     (["pretrain", "parallel.tensor=3"], {"GPT_NPROC_PER_NODE": "4"},
-     r"world size 4 is not divisible by parallel.tensor\*parallel.pipeline=3\*1.*\[1 node\(s\) x 4 process"),
+     r"world size 4 is not divisible by parallel.tensor\*parallel.pipeline\*parallel.context=3\*1\*1.*\[1 node\(s\) x 4 process"),
     (["pretrain", "train.global_batch_size=12", "train.micro_batch_size=2"], {"CUDA_VISIBLE_DEVICES": "0,1,2,3"},
      "train.global_batch_size=12 is not divisible"),
     (["pretrain"], slurm_step(2, 0, SLURM_STEP_NUM_TASKS="16"), "one task per node"),

@@ -42,6 +42,16 @@ def wait_for_torchrun(proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+def wait_for_a_step(proc: subprocess.Popen, run: Path, timeout: float = 240) -> None:
+    """Until the run's metrics.jsonl holds a training step's record."""
+    deadline = time.time() + timeout
+    metrics = run / "metrics.jsonl"
+    while not (metrics.exists() and '"step"' in metrics.read_text()):
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        assert time.time() < deadline, f"no training step in {timeout} s"
+        time.sleep(0.05)
+
+
 @pytest.mark.distributed
 def test_sigterm_to_the_launcher_saves_every_rank_and_the_same_command_resumes(shards, tmp_path):
     run = tmp_path / "run"
@@ -49,6 +59,7 @@ def test_sigterm_to_the_launcher_saves_every_rank_and_the_same_command_resumes(s
     env = launch_env(GPT_NPROC_PER_NODE="2")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_torchrun(proc)
+    wait_for_a_step(proc, run)  # a signal before step 1 stops with nothing to save (tests/trainer/test_stopping.py)
     proc.send_signal(signal.SIGTERM)  # to the launcher only, as Kubernetes does
     _, err = proc.communicate(timeout=300)
 
