@@ -4,8 +4,6 @@ import math
 
 import torch
 
-from gpt.model.gpt import token_losses
-
 
 @torch.no_grad()
 def mean_loss(model, loader, *, batches: int, device) -> dict:
@@ -16,7 +14,7 @@ def mean_loss(model, loader, *, batches: int, device) -> dict:
         for b in loader.global_batch(k * gbs):
             b = b.to(device)
             mask = (b.weights > 0).float()  # the loader's weights normalise per step; here every token counts once
-            total += float((token_losses(model(b.tokens), b.labels) * mask).sum())
+            total += float(model(b.tokens, labels=b.labels, weights=mask))  # fused head + loss
             weight += float(mask.sum())
     loss = total / weight
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(weight)}
