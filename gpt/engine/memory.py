@@ -11,7 +11,9 @@ DeepSpeed config actually asks for:
     bf16       2        4  (accumulated in fp32: data_types.grad_accum_dtype)  12 (fp32 master, m, v)
     fp16       2        2                                 12 (fp32 master, m, v)
 
-bf16 at parallel.zero_stage=0 runs DeepSpeed's BF16_Optimizer, which shards its fp32 state like
+bf16 under torch.autocast (train.autocast, the default) keeps fp32 weights, gradients and state and
+is counted as fp32 (the bf16 copies autocast makes during a step are activations). DeepSpeed's bf16
+engine at parallel.zero_stage=0 runs its BF16_Optimizer, which shards its fp32 state like
 stage 1 (see deepspeed_config.deepspeed_zero_stage), so it is counted as stage 1. Psi is the rank
 holding the most parameters (the largest pipeline stage, its tensor slice). Activations, buffers,
 communication buckets and allocator fragmentation are not included: this is a floor, not a promise.
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import Layout
-from gpt.engine.deepspeed_config import deepspeed_zero_stage
+from gpt.engine.deepspeed_config import deepspeed_zero_stage, weight_precision
 from gpt.engine.pipeline import stage_boundaries
 from gpt.model.build import ModelShape
 from gpt.model.gpt import layer_parameters
@@ -74,7 +76,7 @@ def stage_parameters(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> 
 def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout, trainable: int | None = None) -> MemoryEstimate:
     """The busiest rank's weights/gradients/optimizer bytes for this run's layout, precision and ZeRO
     stage; `trainable`: parameters that train on the busiest rank (fine-tuning), default all."""
-    return zero_memory(max(stage_parameters(cfg, shape, layout)), cfg.train.precision, deepspeed_zero_stage(cfg),
+    return zero_memory(max(stage_parameters(cfg, shape, layout)), weight_precision(cfg), deepspeed_zero_stage(cfg),
                        layout.data, trainable)
 
 

@@ -2,17 +2,18 @@
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gpt import log
 from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.save import save as save_checkpoint
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
-from gpt.engine.engine import TrainEngine
+from gpt.engine.engine import StepResult, TrainEngine, compiles
 from gpt.engine.optim import lr_at
 from gpt.errors import TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
+from gpt.trainer.prefetch import Prefetcher
 from gpt.trainer.progress import Progress
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
@@ -35,14 +36,28 @@ class Session:
     wandb: WandbSink
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
+    prefetch: Prefetcher | None = None  # the next step's batches, read while this one computes
+    pending: list = field(default_factory=list)  # PendingStep: stepped, not yet read back from the device
+    window_start: float | None = None  # when the first pending step started
+    steps_run: int = 0  # optimizer steps this process has taken
 
     @property
     def ctx(self):
         return self.engine.ctx
 
     def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
         self.metrics.close()
         self.wandb.finish()
+
+
+@dataclass
+class PendingStep:
+    step: int
+    lr: float
+    result: StepResult  # device tensors
+    data_time: float  # seconds this step waited for its batches
 
 
 def evaluate(s: Session) -> float:
@@ -53,6 +68,7 @@ def evaluate(s: Session) -> float:
 
 
 def save(s: Session) -> None:
+    read_steps(s)  # the trainer state (skipped steps) must include every step taken
     best = s.state.best_step
     save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
                     tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
@@ -94,34 +110,67 @@ def is_bad(loss: float, skipped: bool, precision: str) -> bool:
     return not math.isfinite(loss) or (skipped and precision != "fp16")
 
 
-def train_step(s: Session) -> dict:
-    """One optimizer step: set the LR, fetch this rank's micro-batches, step, record metrics."""
+def train_step(s: Session) -> None:
+    """One optimizer step: set the LR, take this rank's (prefetched) micro-batches, step. Nothing is
+    read back from the device here (no host synchronisation): `read_steps` records a window of steps."""
     cfg, st, t = s.cfg, s.state, s.cfg.train
     step = st.step + 1
     lr = lr_at(step, cfg.optim, t.steps)
     s.engine.set_lr(lr)
+    if s.prefetch is None:
+        s.prefetch = Prefetcher(s.train_data, t.global_batch_size, pin_memory=s.ctx.device.type == "cuda")
     t0 = time.perf_counter()
-    batches = s.train_data.global_batch(st.consumed_samples)
-    t1 = time.perf_counter()
+    if s.window_start is None:
+        s.window_start = t0
+    batches = s.prefetch.get(st.consumed_samples)
+    data_time = time.perf_counter() - t0
     result = s.engine.train_step(batches)
-    dt = time.perf_counter() - t0
+    if s.steps_run == 0 and compiles(cfg, s.ctx.device) and s.ctx.is_logging_rank:  # CPU: the step; GPU: its host side
+        logger.info("first step: %.1f s including torch.compile of the blocks", time.perf_counter() - t0)
+    s.steps_run += 1
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-    # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
-    # same skip decision (DeepSpeed reduces its overflow check), so this is the same everywhere.
-    bad = is_bad(result.loss, result.skipped, t.precision)
-    skipped = result.skipped or bad
-    st.skipped_steps += int(skipped)
-    st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
-    record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": t1 - t0,
-              "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps,
-              "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
-    _record(s, record)
-    if bad and s.ctx.is_logging_rank:
-        logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
-                       step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
-    return record
+    s.pending.append(PendingStep(step, lr, result, data_time))
+
+
+def reading_due(s: Session, step: int) -> bool:
+    """Read the device every logging.every steps (every step with 0), and before evaluating, saving or stopping."""
+    cfg, every = s.cfg, s.cfg.logging.every
+    return (not every or step % every == 0 or step >= min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+            or bool(cfg.eval.every and step % cfg.eval.every == 0)
+            or bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0))
+
+
+def read_steps(s: Session) -> list[dict]:
+    """Read back the pending steps (one host synchronisation), update the bad-step counts and write
+    their records; returns them. Every rank calls it at the same steps (a collective over data ranks)."""
+    if not s.pending:
+        return []
+    st, t = s.state, s.cfg.train
+    figures = s.engine.read([p.result for p in s.pending])
+    now = time.perf_counter()
+    dt = (now - s.window_start) / len(s.pending)  # mean step time of the window (the device ran them back to back)
+    tokens_per_s = t.global_batch_size * t.seq_len / dt
+    records = []
+    for p, f in zip(s.pending, figures):
+        # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
+        # same skip decision (the gradient norm is reduced over all ranks), so this is the same everywhere.
+        bad = is_bad(f.loss, f.skipped, t.precision)
+        skipped = f.skipped or bad
+        st.skipped_steps += int(skipped)
+        st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
+        record = {"step": p.step, "loss": f.loss, "lr": p.lr, "grad_norm": f.grad_norm, "tokens_per_s": tokens_per_s,
+                  "step_time_s": dt, "data_time_s": p.data_time, "consumed_samples": st.consumed_samples
+                  - (st.step - p.step) * t.global_batch_size, "skipped": skipped, "skipped_steps": st.skipped_steps,
+                  "mfu": tokens_per_s * s.flops_per_token / s.peak_flops if s.peak_flops else None}
+        _record(s, record)
+        records.append(record)
+        if bad and s.ctx.is_logging_rank:
+            logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
+                           p.step, f.loss, f.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
+    s.pending.clear()
+    s.window_start = None
+    return records
 
 
 def train(s: Session, stop: StopRequest) -> TrainerState:
@@ -131,10 +180,12 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
     while st.step < last:
-        record = train_step(s)
-        step = record["step"]
-        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
-                        f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
+        train_step(s)
+        step = st.step
+        if reading_due(s, step):  # the bad-step counts below are those of the last read
+            record = read_steps(s)[-1]
+            progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
+                            f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
         stopping, diverged = stop.agreed_with(s.ctx.device, diverged)
         if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted

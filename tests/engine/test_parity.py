@@ -44,6 +44,36 @@ def test_layout_matches_one_process(launch, name):
     assert dev.loss < LOSS_RTOL and dev.val_loss < LOSS_RTOL and dev.grad_norm < NORM_RTOL, f"{name}: {dev}"
 
 
+# The speed settings train the same model. torch.compile (inductor) fuses the blocks' pointwise ops and
+# may reorder their sums: fp32 round-off again, the same tolerances. Reading the metrics back from the
+# device in windows (logging.every) instead of every step changes no computation: bit-identical.
+SPEED = {
+    "compile": (1, "gpt2", ("train.compile=true",)),
+    "tp2-compile": (2, "gpt2", ("parallel=tp2", "train.compile=true")),
+}
+
+
+@pytest.mark.parametrize("name", SPEED)
+def test_compiled_blocks_match_one_eager_process(launch, name):
+    nproc, arch, overrides = SPEED[name]
+    run = launch(nproc, arch, *overrides)
+    dev = deviation(launch(1, arch).run_dir, run.run_dir)
+    print(f"{name}: {dev}")
+    assert dev.loss < LOSS_RTOL and dev.val_loss < LOSS_RTOL and dev.grad_norm < NORM_RTOL, f"{name}: {dev}"
+    assert "including torch.compile of the blocks" in run.proc.stderr
+
+
+def test_metrics_read_in_windows_are_those_of_every_step(launch):
+    """logging.every=4: the device is read at steps 4, 5 (evaluation), 8 and 10 only; every step's
+    record is still written, with the very numbers of the reference, which reads every step."""
+    (ref, ref_evals), (steps, evals) = read_metrics(launch(1, "gpt2").run_dir), \
+        read_metrics(launch(1, "gpt2", "logging.every=4").run_dir)
+    assert [(r["step"], r["loss"], r["grad_norm"], r["skipped"]) for r in steps] == \
+        [(r["step"], r["loss"], r["grad_norm"], r["skipped"]) for r in ref]
+    assert [r["val_loss"] for r in evals] == [r["val_loss"] for r in ref_evals]
+    assert len({r["step_time_s"] for r in steps[:4]}) == 1  # one timing per window
+
+
 def test_startup_report_of_tensor_and_pipeline(launch):
     """Rank 0's report for TP=2 x PP=2: 3 blocks split 2/1; the busiest rank is stage 0's tensor half:
     embedding 384x64/2 + positions 64x64 + 2 blocks of 25,184 = 66,752 parameters; fp32 ZeRO-1
@@ -64,7 +94,7 @@ def test_mfu_is_tokens_times_flops_over_peak(launch):
     steps, _ = read_metrics(launch(2, "llama", *MATRIX["llama-pp2"][2]).run_dir)
     m = compose("pretrain", ["model=llama-tiny", "model.n_layer=3", "model.n_embd=64", "model.max_seq_len=64"]).model
     shape = model_shape(m, 257)
-    fpt = flops_per_token(m, shape.padded_vocab, shape.ffn_hidden, 32)
+    fpt = flops_per_token(m, shape.vocab_size, shape.ffn_hidden, 32)  # model FLOPs: the real vocabulary
     for r in steps:
         assert r["mfu"] == pytest.approx(r["tokens_per_s"] * fpt / (1e11 * 2), rel=1e-12)
     measured, _ = read_metrics(launch(4, "gpt2", *MATRIX["tp2pp2-ckpt"][2]).run_dir)
