@@ -106,7 +106,7 @@ def main() -> None:
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         trees = {f"{args.rev}": old, **trees}
     gib = 2**30
-    print(f"GPT-2 124M training step, seq {args.seq}, batch {args.batch}, one process, CPU")
+    print(f"GPT-2 124M training step, seq {args.seq}, batch {args.batch}, one process, CPU", flush=True)
     print(f"{'tree':<12} {'precision':<10} {'between steps':>14} {'step peak':>10} {'step':>8}")
     results = {}
     for precision in args.precision.split(","):
