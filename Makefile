@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both install first.
+# The two commands of the README: `make demo` and `make test` (and `make docs`). All install first.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= data/stdlib
 
-.PHONY: install demo test test-fast gpu-wheels gpu-check clean
+.PHONY: install demo test test-fast docs gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not distributed and not slurm"
+
+# The manual in docs/ as a site in site/; --strict fails on a broken link or anchor, or a page missing from nav.
+docs: install
+	$(BIN)/mkdocs build --strict --site-dir site
 
 # On a GPU machine (Python 3.12, torch 2.11, CUDA 13: benchmarks/gpu_check.py): the packages it lacks
 # install from .whl/ (made here by `make gpu-wheels`, where pip reaches the registry), then the check
@@ -51,4 +55,4 @@ gpu-check:
 	PYTHONPATH=/tmp/site:$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
-	rm -rf $(VENV) runs data .pytest_cache
+	rm -rf $(VENV) runs data site .pytest_cache

@@ -1,7 +1,7 @@
 """The shared shape of every entry point: parse overrides, compose the typed config, run.
 
 User errors (`GptError`) become one line on stderr and exit status 2; `--cfg` prints the resolved
-config; `--help` lists the config groups.
+config (secrets redacted); `--help` lists the config groups; `-m` runs a sweep (gpt/sweep.py).
 """
 
 import os
@@ -17,17 +17,17 @@ def run_command(prog: str, config_name: str, run: Callable, usage: str, argv: Op
 
     log.setup()
     try:
-        overrides, print_cfg = loader.parse_cli(prog, argv, config_name, usage)
-        dcfg = loader.compose_dictconfig(config_name, overrides)
-        if print_cfg:
-            from omegaconf import OmegaConf
+        cli = loader.parse_cli(prog, argv, config_name, usage)
+        if cli.multirun:
+            from gpt.sweep import sweep
 
-            print(OmegaConf.to_yaml(dcfg), end="")
+            return sweep(prog, config_name, cli.overrides)
+        if cli.print_cfg:
+            from gpt.config.secrets import redact
+
+            print(loader.to_yaml(redact(loader.compose_container(config_name, cli.overrides))), end="")
             return 0
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.to_object(dcfg)
-        result = run(cfg)
+        result = run(loader.compose(config_name, cli.overrides))
         return int(result or 0)
     except GptError as e:
         if os.environ.get("RANK", "0") == "0" or not _is_config_error(e):

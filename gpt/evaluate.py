@@ -17,24 +17,18 @@ training data; split=val evaluates the documents training held out, split=all ev
 def run(cfg) -> int:
     from dataclasses import replace
 
-    from omegaconf import OmegaConf
-
+    from gpt.config.text import structured
     from gpt.config.training import DataConfig
+    from gpt.config.validate import validate_evaluate
     from gpt.data import build_loaders
-    from gpt.errors import ConfigError, DataError
+    from gpt.errors import DataError
     from gpt.generation.loading import load_model, release
     from gpt.generation.scoring import mean_loss
 
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint is required: checkpoint=<run.dir, checkpoint dir or pointer file>")
-    if cfg.split not in ("val", "all"):
-        raise ConfigError(f"split={cfg.split} is not one of val|all")
-    if cfg.batch_size < 1 or (cfg.iters is not None and cfg.iters < 1):
-        raise ConfigError("batch_size and iters must be at least 1")
+    validate_evaluate(cfg)
     loaded = load_model(cfg.checkpoint, cfg.device)
     try:
-        trained = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(DataConfig),
-                                                      loaded.meta["config"]["data"]))
+        trained = structured(DataConfig, loaded.meta["config"]["data"])  # data from the checkpoint: never resolved
         data = DataConfig(**{k: (v if v is not None else getattr(trained, k)) for k, v in vars(cfg.data).items()})
         if cfg.data.path and not cfg.data.blend:
             data = replace(data, blend=None)

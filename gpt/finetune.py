@@ -19,6 +19,9 @@ re-running the same command resumes from that run.dir's own latest checkpoint. E
 
 
 def run(cfg) -> int:
+    from gpt.pretrain import preflight
+
+    preflight(cfg)
     from gpt.trainer.session import finetune
 
     return finetune(cfg)

@@ -7,31 +7,41 @@ from gpt.cli import run_command
 
 USAGE = """
 usage: gpt-generate checkpoint=<run.dir|checkpoint dir|.../checkpoints/best> prompt="..."
-                    [max_new_tokens=N temperature=T top_k=K top_p=P seed=S repetition_penalty=R stop=[...]]
-       gpt-generate checkpoint=... prompt_file=prompts.txt     (one JSON line per prompt)
+                    [max_new_tokens=N temperature=T top_k=K top_p=P seed=S repetition_penalty=R stop=...]
+       gpt-generate checkpoint=... prompt=-                      (the prompt is all of stdin)
+       gpt-generate checkpoint=... prompt_file=prompts.txt       (one JSON line per prompt; prompt_file=- reads stdin)
 
 Streams the prompt and its continuation to stdout as tokens come (logs go to stderr);
 temperature=0 is greedy. Generation ends at max_new_tokens, the end-of-document token or a stop string.
+prompt, stop, checkpoint and prompt_file are taken exactly as typed (`prompt="def fib("`); give
+several stop strings as stop=... stop=... .
 """
 
 
 def _prompts(path: str) -> list[str]:
+    """prompt_file's prompts: one per line, or a `prompt` field per line of .jsonl (and of stdin, `-`,
+    when its first line is a JSON object)."""
     from pathlib import Path
 
     from gpt.errors import ConfigError
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"prompt_file={path} does not exist")
+    if path == "-":
+        text, name = sys.stdin.read(), "<stdin>"
+        jsonl = text.lstrip().startswith("{")
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"prompt_file={path} does not exist")
+        text, name, jsonl = p.read_text(), path, p.suffix == ".jsonl"
     prompts = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        if p.suffix == ".jsonl":
+        if jsonl:
             try:
                 prompts.append(json.loads(line)["prompt"])
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path}:{n}: expected a JSON object with a 'prompt' field") from None
+                raise ConfigError(f"{name}:{n}: expected a JSON object with a 'prompt' field") from None
         else:
             prompts.append(line)
     return prompts
@@ -88,14 +98,15 @@ def _template(loaded, chat: bool):
 
 
 def run(cfg) -> int:
-    from gpt.errors import ConfigError
+    from dataclasses import replace
+
+    from gpt.config.validate import validate_generate
     from gpt.generation.loading import load_model, release
 
-    if not cfg.checkpoint:
-        raise ConfigError("checkpoint is required: checkpoint=<run.dir or checkpoint dir>")
-    if cfg.temperature < 0 or cfg.max_new_tokens < 0 or cfg.repetition_penalty <= 0:
-        raise ConfigError("temperature and max_new_tokens must not be negative; repetition_penalty must be > 0")
+    validate_generate(cfg)
     prompts = _prompts(cfg.prompt_file) if cfg.prompt_file else None
+    if cfg.prompt == "-":  # the whole of stdin, exactly (a trailing newline included)
+        cfg = replace(cfg, prompt=sys.stdin.read())
     loaded = load_model(cfg.checkpoint, cfg.device, merge_peft=cfg.merge_peft)
     wrap = _template(loaded, cfg.chat)
     out = sys.stdout

@@ -1,4 +1,4 @@
-"""gpt-preprocess: turn text into token shards for training (README: "Data")."""
+"""gpt-preprocess: turn text into token shards for training (docs/data.md)."""
 
 import sys
 from typing import List, Optional

@@ -70,7 +70,8 @@ def load(engine, ckpt: Path, *, load_optimizer: bool = True, materialize=None, m
 
 def same_layout(meta: dict, layout) -> bool:
     saved = meta["layout"]
-    return all(saved.get(k) == getattr(layout, k) for k in ("world", "tensor", "pipeline", "data"))
+    return all(saved.get(k, 1 if k == "context" else None) == getattr(layout, k)
+               for k in ("world", "tensor", "pipeline", "data", "context"))
 
 
 def restore_rng(reader: TensorReader, meta: dict, ctx) -> None:

@@ -14,11 +14,6 @@ from safetensors import safe_open
 from gpt.checkpoint import format as fmt
 from gpt.errors import CheckpointError
 
-# Model fields that change the meaning or shape of the weights; everything else may differ on resume.
-ARCHITECTURE = ("n_layer", "n_head", "n_kv_head", "n_embd", "ffn_hidden", "vocab_multiple", "bias", "norm",
-                "activation", "position", "tie_embeddings")
-
-
 def tp_slice(full: torch.Tensor, dim: int | None, tp_rank: int, tp_size: int) -> torch.Tensor:
     """Tensor rank `tp_rank`'s contiguous share of `full` along `dim` (None: replicated, the whole)."""
     if dim is None or tp_size == 1:
@@ -122,14 +117,6 @@ class TensorReader:
             return None
         f = self.file(name)
         return f.get_tensor(key) if key in f.keys() else None
-
-
-def check_architecture(meta: dict, model_cfg: dict, ckpt: Path) -> None:
-    saved = meta["config"]["model"]
-    for key in ARCHITECTURE:
-        if saved.get(key) != model_cfg.get(key):
-            raise CheckpointError(f"{ckpt} was trained with model.{key}={saved.get(key)}, the config says "
-                                  f"model.{key}={model_cfg.get(key)}; use the same model or a new run.dir")
 
 
 def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:

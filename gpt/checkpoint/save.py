@@ -92,7 +92,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
         zero_state.link_optimizer_state(engine.optimizer)
     tensors: dict[str, torch.Tensor] = {}
     index: dict[str, dict] = {}
-    dp, dp_rank = ctx.layout.data, ctx.dp_rank
+    dp, dp_rank = ctx.layout.data_context, ctx.dp_cp_rank  # context ranks hold the same weights: they share the writing
     for i, (name, p) in enumerate(engine.named_parameters()):
         value = zero_state.get_param(p)
         moments = {m: zero_state.get_moment(engine.optimizer, p, m) for m in fmt.MOMENTS} \
@@ -123,7 +123,7 @@ def save(engine, *, step: int, trainer_state: dict, config: dict, tokenizer, run
             "format": fmt.FORMAT, "version": fmt.VERSION, "step": step, "optimizer_steps": opt_steps,
             "trainer": trainer_state, "config": redact(config),
             "layout": {"world": ctx.layout.world, "tensor": ctx.layout.tensor, "pipeline": ctx.layout.pipeline,
-                       "data": ctx.layout.data, "zero_stage": config.get("parallel", {}).get("zero_stage"),
+                       "data": ctx.layout.data, "context": ctx.layout.context, "zero_stage": config.get("parallel", {}).get("zero_stage"),
                        "precision": config.get("train", {}).get("precision")},
             "rng": True,
             "tokenizer": redact(tokenizer.to_dict()) if tokenizer is not None else None,

@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from gpt.config.text import text
 from gpt.config.training import DataConfig
 
 
@@ -12,11 +13,11 @@ class TokenizerConfig:
     """byte (ids 0-255 are bytes, specials after) | bpe (train one on the input) | hf (a tokenizer.json) | tiktoken (an encoding by name)."""
     vocab_size: int = 8192
     """Vocabulary size of a BPE trained on the input (tokenizer.kind=bpe)."""
-    path: Optional[str] = None
+    path: Optional[str] = text()
     """tokenizer.json to use (tokenizer.kind=hf)."""
     name: Optional[str] = None
     """tiktoken encoding name, e.g. gpt2 or cl100k_base (tokenizer.kind=tiktoken), read from tiktoken's local cache (TIKTOKEN_CACHE_DIR); never downloaded."""
-    eod_token: Optional[str] = None
+    eod_token: Optional[str] = text()
     """End-of-document token of a bpe/hf tokenizer; null means <|endoftext|> for bpe, and for hf the first of <|endoftext|>, <|end_of_text|>, </s>, <eos> it has. Added to the vocabulary if missing."""
 
 
@@ -24,19 +25,19 @@ class TokenizerConfig:
 class SftConfig:
     """How instruction records become one training document each (gpt-preprocess format=sft)."""
 
-    prompt_key: str = "prompt"
+    prompt_key: str = text("prompt")
     """Field of a prompt/response record holding the prompt (the user's turn)."""
-    response_key: str = "response"
+    response_key: str = text("response")
     """Field of a prompt/response record holding the response (trained on)."""
-    messages_key: str = "messages"
+    messages_key: str = text("messages")
     """Field of a chat record: a list of {"role": system|user|assistant, "content": text}; every assistant turn is trained on."""
-    system_prefix: str = "### System:\n"
+    system_prefix: str = text("### System:\n")
     """Written before a system message (not trained on)."""
-    user_prefix: str = "### User:\n"
+    user_prefix: str = text("### User:\n")
     """Written before a user message / the prompt (not trained on)."""
-    assistant_prefix: str = "### Assistant:\n"
+    assistant_prefix: str = text("### Assistant:\n")
     """Written before an assistant message / the response (not trained on: generation prompts end with it)."""
-    separator: str = "\n\n"
+    separator: str = text("\n\n")
     """Written after every message but the last; after an assistant message it is trained on (it ends the turn)."""
 
 
@@ -44,17 +45,17 @@ class SftConfig:
 class PreprocessConfig:
     """What gpt-preprocess composes from conf/preprocess.yaml."""
 
-    input: Any = None
+    input: Any = text()
     """A file, directory, glob, `stdlib` (this Python's standard library sources), or a list of those."""
     format: str = "pretrain"
     """pretrain (plain text documents, every token trained on) | sft (instruction records from .jsonl/.jsonl.gz/.parquet, with a loss mask: only response tokens are trained on)."""
     sft: SftConfig = field(default_factory=SftConfig)
     """format=sft: record fields and the template that joins the turns."""
-    output: Optional[str] = None
+    output: Optional[str] = text()
     """Directory to write the token shards and metadata.json into."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     """How text becomes token ids."""
-    text_key: str = "text"
+    text_key: str = text("text")
     """Field holding the text in jsonl/parquet records."""
     split: str = "blank_lines"
     """How text files become documents: blank_lines (paragraphs) | file (one document per file). .py files are always one document per file."""
@@ -74,9 +75,9 @@ class PreprocessConfig:
 class GenerateConfig:
     """What gpt-generate composes from conf/generate.yaml."""
 
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = text()
     """A run.dir (its latest checkpoint) or one checkpoint directory."""
-    prompt: str = ""
+    prompt: str = text("")
     """Text to continue."""
     max_new_tokens: int = 200
     """Tokens to sample after the prompt."""
@@ -90,9 +91,9 @@ class GenerateConfig:
     """Sampling seed."""
     device: str = "auto"
     """auto | cpu | cuda."""
-    stop: List[str] = field(default_factory=list)
+    stop: List[str] = text(factory=list)
     """Stop when any of these strings appears in the generated text."""
-    prompt_file: Optional[str] = None
+    prompt_file: Optional[str] = text()
     """Continue every prompt of this file instead (one per line, or jsonl with a `prompt` field); prints one JSON line per prompt."""
     repetition_penalty: float = 1.0
     """Divide the logits of tokens already in the text by this (>1 discourages repeats; 1 is off)."""
@@ -108,7 +109,7 @@ class GenerateConfig:
 class EvaluateConfig:
     """What gpt-eval composes from conf/eval.yaml."""
 
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = text()
     """A run.dir (its latest checkpoint), a checkpoint directory, or a `latest`/`best` pointer file."""
     data: DataConfig = field(default_factory=lambda: DataConfig(path=None))
     """The shards to evaluate on; null fields fall back to the checkpoint's training data config."""
@@ -126,9 +127,9 @@ class EvaluateConfig:
 class ExportConfig:
     """What gpt-export composes from conf/export.yaml."""
 
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = text()
     """A run.dir (its latest checkpoint) or one checkpoint directory, of any parallel layout."""
-    output: Optional[str] = None
+    output: Optional[str] = text()
     """Directory to write the exported model into (created; written beside it and renamed into place)."""
     format: str = "hf"
     """hf: a Hugging Face transformers directory (GPT2LMHeadModel or LlamaForCausalLM, safetensors, fast tokenizer)."""
@@ -146,9 +147,9 @@ class CheckpointToolConfig:
 
     command: Optional[str] = None
     """inspect (print a summary) | verify (check every file's sha256 and tensor index) | convert (re-split for another tensor size)."""
-    checkpoint: Optional[str] = None
+    checkpoint: Optional[str] = text()
     """A run.dir (its latest checkpoint) or one checkpoint directory."""
-    output: Optional[str] = None
+    output: Optional[str] = text()
     """convert: the checkpoint directory to write (any checkpoint loads at any layout; this only pre-splits the files)."""
     tensor: int = 1
     """convert: tensor-parallel size the output's files are split for (one file per tensor rank)."""

@@ -9,6 +9,8 @@ field is its documentation.
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from gpt.config.text import text
+
 
 @dataclass(kw_only=True)
 class ModelConfig:
@@ -44,11 +46,21 @@ class ModelConfig:
     """learned (GPT-2 absolute positions) | rope (rotary, Llama)."""
     rope_theta: float = 10000.0
     """RoPE base frequency."""
+    rope_scaling: str = "none"
+    """none | linear | ntk | llama3: rescaled RoPE frequencies for a longer context than pretraining had (docs/parallelism.md, long sequences). With model.init_from, setting it extends the source: model.max_seq_len becomes the source's times model.rope_factor."""
+    rope_factor: float = 1.0
+    """Context extension factor of model.rope_scaling (new context / original context)."""
+    rope_original_max_seq_len: Optional[int] = None
+    """The pretraining context that llama3 scaling keeps high frequencies for; null: model.max_seq_len / model.rope_factor."""
+    rope_low_freq_factor: float = 1.0
+    """llama3 scaling: wavelengths above original context / this are divided by rope_factor."""
+    rope_high_freq_factor: float = 4.0
+    """llama3 scaling: wavelengths below original context / this are kept."""
     tie_embeddings: bool = True
     """Share the input embedding with the output head."""
     init_std: float = 0.02
     """Std of the normal init; residual output projections use init_std/sqrt(2*n_layer)."""
-    init_from: Optional[str] = None
+    init_from: Optional[str] = text()
     """Start from these weights: a local Hugging Face directory (GPT-2 or Llama). Its config.json sets the architecture keys; its tokenizer must match the data's."""
 
 
@@ -61,7 +73,11 @@ class ParallelConfig:
     pipeline_layers: Optional[List[int]] = None
     """Transformer blocks per pipeline stage (sums to model.n_layer); null splits them evenly."""
     zero_stage: int = 0
-    """DeepSpeed ZeRO stage 0-3 over the data-parallel group (data parallel = world / (tensor*pipeline))."""
+    """DeepSpeed ZeRO stage 0-3 over the data-parallel group (data parallel = world / (tensor*pipeline*context)); with context parallelism the context ranks join it, as in Megatron."""
+    context: int = 1
+    """Context-parallel size: each sequence is split into 2*context chunks, rank i of the context group holding chunks i and 2*context-1-i; attention all-gathers keys and values over the group (docs/parallelism.md)."""
+    sequence_parallel: bool = False
+    """With parallel.tensor > 1: norms, dropout and the residual stream hold 1/tensor of the sequence on each rank (Megatron's sequence parallelism): all-gather before column-parallel linears, reduce-scatter after row-parallel ones."""
 
 
 @dataclass(kw_only=True)
@@ -88,9 +104,9 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class DataConfig:
-    path: Optional[str] = "data/stdlib"
+    path: Optional[str] = text("data/stdlib")
     """Directory of token shards written by gpt-preprocess."""
-    val_path: Optional[str] = None
+    val_path: Optional[str] = text()
     """Separate validation shards; null holds out data.val_fraction of the documents of data.path."""
     val_fraction: float = 0.01
     """Fraction of documents held out for validation (at least one document) when val_path is null."""
@@ -122,6 +138,8 @@ class TrainConfig:
     """torch.compile each transformer block (one compilation serves all blocks; the first step pays for it and logs its time); null: on where it pays, on CUDA without ZeRO-3 (on a CPU a cold compile costs more than short runs gain)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward to save memory."""
+    check_memory: bool = True
+    """Refuse to start when the estimated memory of the busiest rank (weights, gradients, optimizer state and a floor of the activations) exceeds what its device has free (GPU memory; on CPU the available RAM shared by the node's ranks); false starts anyway."""
     max_bad_steps: int = 5
     """Steps with a non-finite loss or gradient are skipped (no update); after this many in a row the run saves and stops (0: never stop)."""
     peak_flops: Optional[float] = None
@@ -180,7 +198,7 @@ class LoggingConfig:
 
 @dataclass(kw_only=True)
 class RunConfig:
-    dir: str = "runs/default"
+    dir: str = text("runs/default")
     """Everything of this run lives here: metrics.jsonl, checkpoints/, config.yaml, logs. Re-running with the same dir resumes."""
 
 

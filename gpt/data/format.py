@@ -1,7 +1,7 @@
 """The token-shard format, version 1: constants, Arrow schema and metadata.json validation.
 
 Everything a reader needs to trust a shard directory lives here, so the writer (preprocessing) and
-the readers (training, generation, external tools) cannot drift apart. README.md ("Shard format")
+the readers (training, generation, external tools) cannot drift apart. docs/data.md ("Shard format")
 documents the same format for users.
 """
 

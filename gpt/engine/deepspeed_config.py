@@ -66,7 +66,8 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout, device_type: str = "cp
         zero.setdefault("overlap_comm", True)
         zero.setdefault("contiguous_gradients", True)
     ds = {
-        "train_batch_size": cfg.train.global_batch_size,
+        # DeepSpeed counts context ranks as data ranks (mpu.py): each sees every sample of its data rank.
+        "train_batch_size": cfg.train.global_batch_size * layout.context,
         "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accum,
         # Plain fp32 without ZeRO: our optimizer clips (and reports the norm) itself.
@@ -88,6 +89,32 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout, device_type: str = "cp
                       "hysteresis": 2, "min_loss_scale": 1}
     for key, value in cfg.deepspeed.items():
         if key != "zero_optimization":
+            if key in ds:
+                _check_replaces(key, ds[key], value)
             ds[key] = copy.deepcopy(value)
+    if cfg.parallel.sequence_parallel and layout.tensor > 1:
+        # DeepSpeed's pipeline sends 1/tensor of each activation and all-gathers it on the next stage,
+        # assuming the tensor ranks hold the same activations; under sequence parallelism each holds
+        # its own part of the sequence, so every rank sends its whole (already split) activation.
+        pipe = ds.setdefault("pipeline", {})
+        if pipe.get("pipe_partitioned") or pipe.get("grad_partitioned"):
+            raise ConfigError("deepspeed.pipeline.pipe_partitioned/grad_partitioned cannot be true with "
+                              "parallel.sequence_parallel=true (the activations are already split over the tensor group)")
+        pipe.update(pipe_partitioned=False, grad_partitioned=False)
     ds["zero_optimization"] = zero
     return ds
+
+
+def _check_replaces(key: str, default, value) -> None:
+    """A pass-through key that replaces one of ours keeps its kind: DeepSpeed reads these unchecked
+    (`steps_per_print=abc` would be a TypeError at the first step), so we check against our value."""
+    def kind(v) -> str:
+        return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+                dict: "a mapping"}.get(type(v), type(v).__name__)
+
+    ok = type(value) is type(default) or (type(default) is float and type(value) is int)
+    if ok and isinstance(default, (int, float)) and not isinstance(default, bool) and default > 0:
+        ok = value > 0
+    if not ok:
+        positive = " > 0" if isinstance(default, (int, float)) and not isinstance(default, bool) else ""
+        raise ConfigError(f"deepspeed.{key}={value!r} must be {kind(default)}{positive} (it replaces our {default!r})")

@@ -15,14 +15,11 @@ import torch
 
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
-from gpt.engine.deepspeed_config import (
-    deepspeed_config,
-    deepspeed_zero_stage,
-    uses_plain_optimizer,
-)
+from gpt.engine.deepspeed_config import deepspeed_config, deepspeed_zero_stage, uses_plain_optimizer
 from gpt.engine.optim import build_optimizer, global_grad_norm, set_lr
 from gpt.engine.pipeline import build_pipeline, canonical_name
 from gpt.model.build import ModelShape, build_model
+from gpt.model.context_parallel import split_sequence
 from gpt.model.gpt import Block
 from gpt.model.slots import Slots
 from gpt.parallel import collectives
@@ -134,8 +131,18 @@ class TrainEngine:
 
     def _to_device(self, b: Batch) -> Batch:
         dev = self.ctx.device
+        b = self.local_batch(b)
         return Batch(b.tokens.to(dev, non_blocking=True), b.labels.to(dev, non_blocking=True),
                      b.weights.to(dev, non_blocking=True))
+
+    def local_batch(self, b: Batch) -> Batch:
+        """This context rank's chunks of each sequence (context_parallel.py). Its loss weights are
+        multiplied by the context size: DeepSpeed averages gradients over data x context ranks, and
+        the chunks of one sample add up to its whole loss."""
+        n, r = self.ctx.layout.context, self.ctx.cp_rank
+        if n == 1:
+            return b
+        return Batch(split_sequence(b.tokens, r, n), split_sequence(b.labels, r, n), split_sequence(b.weights, r, n) * n)
 
 
 class DenseEngine(TrainEngine):
@@ -169,9 +176,10 @@ class DenseEngine(TrainEngine):
         return float(self._mean_over_dp(total / len(micro_batches)))
 
     def _mean_over_dp(self, value: torch.Tensor) -> torch.Tensor:
-        if self.ctx.layout.data > 1:
-            collectives.all_reduce(value, group=self.ctx.dp_group)
-            value = value / self.ctx.layout.data
+        n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples
+        if n > 1:
+            collectives.all_reduce(value, group=self.ctx.dp_cp_group)
+            value = value / n
         return value
 
 
@@ -182,9 +190,8 @@ class PipeEngine(TrainEngine):
             if replicas or not getattr(p, "ds_pipe_replicated", False):
                 yield canonical_name(name, n), p
 
-    @staticmethod
-    def _feed(micro_batches):
-        return iter([(b.tokens, (b.labels, b.weights)) for b in micro_batches])
+    def _feed(self, micro_batches):
+        return iter([(b.tokens, (b.labels, b.weights)) for b in map(self.local_batch, micro_batches)])
 
     def train_step(self, micro_batches):
         loss = self.ds.train_batch(self._feed(micro_batches))  # averaged over micro-batches and data ranks
@@ -220,7 +227,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
 
     prepare_deepspeed(ctx.device, ctx.backend)
     layout = ctx.layout
-    slots = Slots(layout.tensor, ctx.tp_group)
+    slots = Slots.of(ctx, cfg.parallel)
     plain = uses_plain_optimizer(cfg)
     if layout.pipeline > 1:
         module = build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
@@ -228,7 +235,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
                                 activation_checkpointing=cfg.train.activation_checkpointing)
         mpu = None  # the PipelineModule brings its own grid (same rank layout as parallel_state)
     else:
-        module = build_model(cfg.model, shape, seed=cfg.train.seed, tp_size=layout.tensor, tp_group=ctx.tp_group)
+        module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots)
         module.activation_checkpointing = cfg.train.activation_checkpointing
         mpu = ctx.mpu()
     peft = getattr(cfg, "peft", None)  # a FinetuneConfig's; pretraining trains everything
@@ -244,7 +251,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
         ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, mpu=mpu,
                                       config=deepspeed_config(cfg, layout, ctx.device.type))
-    if layout.data == 1 and layout.pipeline == 1 and deepspeed_zero_stage(cfg) == 0:
+    if layout.data_context == 1 and layout.pipeline == 1 and deepspeed_zero_stage(cfg) == 0:
         # Nothing to average over: without this DeepSpeed still flattens every gradient into a buffer,
         # all-reduces it over the one-rank data group and copies it back, each step.
         ds.enable_backward_allreduce = False

@@ -86,3 +86,62 @@ def human_bytes(n: float) -> str:
             return f"{n:.2f} {unit}" if unit != "B" else f"{n:.0f} B"
         n /= 1024
     return f"{n:.2f} TiB"
+
+
+def activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout) -> float:
+    """A floor of the activation bytes the busiest rank keeps for backward (Korthikanti et al. 2022,
+    "Reducing Activation Recomputation in Large Transformer Models", section 4).
+
+    Per block and micro-batch of b sequences of s tokens, hidden size h, tensor size t: (10 + 24/t)
+    s*b*h values of 2 bytes in 16-bit training (twice that in fp32), 34/t with sequence parallelism;
+    the attention scores' 5*a*s^2*b are left out (fused/flash attention never stores them), which
+    makes this a floor. Context parallelism splits s over its ranks. With activation checkpointing a
+    block keeps only its input (2 s*b*h bytes in 16-bit) plus one block recomputed at a time. The
+    head's fp32 logits add 4*s*b*V/t. With a pipeline the first stage holds min(stages,
+    accumulation) micro-batches in flight (1F1B).
+    """
+    m, t = cfg.model, layout.tensor
+    s, b, h = cfg.train.seq_len / layout.context, cfg.train.micro_batch_size, m.n_embd
+    scale = 2.0 if cfg.train.precision == "fp32" else 1.0
+    per_value = 34 / t if cfg.parallel.sequence_parallel and t > 1 else 10 + 24 / t
+    full_block = per_value * s * b * h * 2 * scale
+    blocks = -(-m.n_layer // layout.pipeline)
+    if cfg.train.activation_checkpointing:
+        per_micro = blocks * 2 * s * b * h * scale + full_block
+    else:
+        per_micro = blocks * full_block
+    in_flight = min(layout.pipeline, layout.grad_accum) if layout.pipeline > 1 else 1
+    logits = 4.0 * s * b * shape.padded_vocab / t
+    return per_micro * in_flight + logits
+
+
+def available_bytes(device) -> tuple[float, str] | None:
+    """Memory one rank can use on `device` and where that figure comes from: a GPU's free memory, or on
+    CPU the machine's (or cgroup's) available RAM shared by the ranks of this node; None if unknown."""
+    import os
+
+    if device.type == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(device)
+        return float(free), f"free memory of {torch.cuda.get_device_name(device)}"
+    try:
+        info = dict(line.split(":", 1) for line in _read("/proc/meminfo").splitlines())
+        available, source = float(info["MemAvailable"].split()[0]) * 1024, "available RAM (/proc/meminfo)"
+    except (OSError, KeyError, ValueError):
+        return None
+    try:  # a container's or SLURM job's cgroup (v2) may allow less than the machine has
+        limit, used = _read("/sys/fs/cgroup/memory.max").strip(), _read("/sys/fs/cgroup/memory.current")
+        if limit != "max" and float(limit) - float(used) < available:
+            available, source = float(limit) - float(used), "the cgroup's memory limit (memory.max)"
+    except (OSError, ValueError):
+        pass
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if ranks > 1:
+        return available / ranks, f"{source} / {ranks} ranks on this node"
+    return available, source
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()

@@ -50,7 +50,7 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     specs = [TiedLayerSpec("embed", Embedding, *emb_args, tied_weight_attr="wte.weight") if cfg.tie_embeddings
              else LayerSpec(Embedding, *emb_args)]
     specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
-    specs.append(LayerSpec(Norm, cfg))
+    specs.append(LayerSpec(Norm, cfg, slots))
     if cfg.tie_embeddings:
         specs.append(TiedLayerSpec("embed", Embedding, *emb_args, forward_fn=_tied_head, tied_weight_attr="wte.weight"))
     else:
@@ -98,9 +98,10 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
             with torch.no_grad():
                 super()._synchronize_tied_weights()
 
-    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
+    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data_context)
     loss_head = slots.vocab_head(cfg.n_embd, shape.padded_vocab, vocab_size=shape.vocab_size, init=None, tied=True)
-    module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_fused_loss(loss_head),
+    module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology,
+                         loss_fn=_fused_loss(loss_head),
                          checkpointable_layers=["Block"])
     # Recompute each Block in backward (DeepSpeed's checkpoint; the embedding, norm and head are
     # kept). Set through the public setter, which also precomputes which layers qualify: without

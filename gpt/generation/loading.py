@@ -4,11 +4,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint.reader import full_state_dict
 from gpt.config.finetune import PeftConfig
+from gpt.config.text import structured
 from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
 from gpt.data import tokenizer_from_dict
@@ -36,7 +35,8 @@ class LoadedModel:
 
 
 def model_config(meta: dict) -> ModelConfig:
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ModelConfig), meta["config"]["model"]))
+    """The checkpoint's saved model config (its strings are data: `${...}` in them is never resolved)."""
+    return structured(ModelConfig, meta["config"]["model"])
 
 
 def peft_config(meta: dict):
@@ -44,7 +44,7 @@ def peft_config(meta: dict):
     saved = meta["config"].get("peft")
     if not saved or saved.get("method", "none") == "none":
         return None
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PeftConfig), saved))
+    return structured(PeftConfig, saved)
 
 
 def load_model(path: str | Path, device: str = "auto", *, merge_peft: bool = False) -> LoadedModel:

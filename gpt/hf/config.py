@@ -67,10 +67,49 @@ def to_hf_config(m, *, vocab_size: int, eos_id: int, bos_id: int | None, dtype: 
             "num_key_value_heads": f.n_kv_head or f.n_head, "hidden_size": f.n_embd,
             "head_dim": f.n_embd // f.n_head, "intermediate_size": hidden, "hidden_act": "silu",
             "max_position_embeddings": f.max_seq_len, "rms_norm_eps": f.norm_eps,
-            # transformers >= 5 reads rope_parameters, 4.x reads rope_theta: write both.
-            "rope_theta": f.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": f.rope_theta},
+            **rope_fields(f),
             "attention_bias": bool(f.bias), "mlp_bias": bool(f.bias), "attention_dropout": f.dropout,
             "pretraining_tp": 1}
+
+
+def rope_fields(f) -> dict:
+    """config.json's RoPE keys: transformers >= 5 reads rope_parameters, 4.x rope_theta and rope_scaling."""
+    from gpt.model.rope import ntk_theta
+
+    scaling = getattr(f, "rope_scaling", None) or "none"
+    theta = f.rope_theta
+    if scaling == "ntk":  # a static change of base: plain RoPE with the scaled theta
+        theta, scaling = ntk_theta(theta, f.rope_factor, f.n_embd // f.n_head), "none"
+    if scaling == "none":
+        return {"rope_theta": theta, "rope_parameters": {"rope_type": "default", "rope_theta": theta}}
+    params = {"rope_type": scaling, "factor": f.rope_factor}
+    if scaling == "llama3":
+        params.update(low_freq_factor=f.rope_low_freq_factor, high_freq_factor=f.rope_high_freq_factor,
+                      original_max_position_embeddings=f.rope_original_max_seq_len
+                      or int(round(f.max_seq_len / f.rope_factor)))
+    return {"rope_theta": theta, "rope_scaling": dict(params), "rope_parameters": {**params, "rope_theta": theta}}
+
+
+def rope_from_hf(cfg: dict, where: Path) -> dict:
+    """Our model.rope_* keys for an HF Llama config's RoPE (rope_parameters, or 4.x rope_scaling)."""
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    out = {"rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))), "rope_scaling": "none",
+           "rope_factor": 1.0, "rope_original_max_seq_len": None, "rope_low_freq_factor": 1.0,
+           "rope_high_freq_factor": 4.0}
+    # "dynamic" NTK changes the base only for sequences longer than max_position_embeddings, which gpt
+    # never runs (model.max_seq_len is that length): inside it the model is plain RoPE, exactly.
+    if rope_type in ("default", "dynamic"):
+        return out
+    if rope_type not in ("linear", "llama3"):
+        raise ConfigError(f"{where}: rope_type={rope_type!r} is not supported; gpt computes default, linear, dynamic "
+                          f"(inside max_position_embeddings) and llama3 RoPE")
+    out.update(rope_scaling=rope_type, rope_factor=float(_need(rope, "factor", where)))
+    if rope_type == "llama3":
+        out.update(rope_original_max_seq_len=int(_need(rope, "original_max_position_embeddings", where)),
+                   rope_low_freq_factor=float(_need(rope, "low_freq_factor", where)),
+                   rope_high_freq_factor=float(_need(rope, "high_freq_factor", where)))
+    return out
 
 
 def _need(cfg: dict, key: str, where: Path):
@@ -104,10 +143,7 @@ def from_hf_config(cfg: dict, where: Path) -> dict:
         if cfg.get("head_dim") not in (None, n_embd // n_head):
             raise ConfigError(f"{where}: head_dim={cfg['head_dim']} differs from hidden_size/num_attention_heads="
                               f"{n_embd // n_head}, which gpt's attention assumes")
-        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ConfigError(f"{where}: rope_type={rope_type!r} (RoPE scaling) is not supported; only plain RoPE is")
+        rope = rope_from_hf(cfg, where)
         if bool(cfg.get("attention_bias", False)) != bool(cfg.get("mlp_bias", False)):
             raise ConfigError(f"{where}: attention_bias and mlp_bias differ; gpt's model.bias covers both")
         return {"n_layer": _need(cfg, "num_hidden_layers", where), "n_head": n_head,
@@ -116,14 +152,17 @@ def from_hf_config(cfg: dict, where: Path) -> dict:
                 "max_seq_len": _need(cfg, "max_position_embeddings", where),
                 "vocab_size": _need(cfg, "vocab_size", where), "bias": bool(cfg.get("attention_bias", False)),
                 "norm": "rmsnorm", "norm_eps": cfg.get("rms_norm_eps", 1e-6), "activation": "swiglu",
-                "position": "rope", "rope_theta": float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0))),
+                "position": "rope", **rope,
                 "tie_embeddings": cfg.get("tie_word_embeddings", False), "init_std": cfg.get("initializer_range", 0.02)}
     raise ConfigError(f"{where}: model_type={kind!r}; model.init_from loads gpt2 and llama models")
 
 
+# RoPE settings: a source decides them unless the user extends its context (trainer/init_from.py).
+ROPE_KEYS = ("rope_theta", "rope_scaling", "rope_factor", "rope_original_max_seq_len", "rope_low_freq_factor",
+             "rope_high_freq_factor")
 # What an HF config.json decides (model.init_from); a resumed run takes them from its own checkpoint instead.
 ARCHITECTURE_KEYS = ("n_layer", "n_head", "n_kv_head", "n_embd", "ffn_hidden", "max_seq_len", "vocab_size", "bias",
-                     "norm", "norm_eps", "activation", "position", "rope_theta", "tie_embeddings")
+                     "norm", "norm_eps", "activation", "position", "tie_embeddings") + ROPE_KEYS
 
 
 def hf_dir(path: str) -> Path:

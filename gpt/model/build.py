@@ -27,6 +27,8 @@ def model_shape(cfg: ModelConfig, tokenizer_vocab: int | None) -> ModelShape:
     return ModelShape(vocab, padded_vocab_size(vocab, cfg.vocab_multiple), ffn_hidden(cfg))
 
 
-def build_model(cfg: ModelConfig, shape: ModelShape, *, seed: int, tp_size: int = 1, tp_group=None) -> GPT:
-    return GPT(cfg, Slots(tp_size, tp_group), vocab=shape.padded_vocab, vocab_size=shape.vocab_size,
-               ffn_hidden=shape.ffn_hidden, seed=seed)
+def build_model(cfg: ModelConfig, shape: ModelShape, *, seed: int, tp_size: int = 1, tp_group=None,
+                slots: Slots | None = None) -> GPT:
+    slots = slots or Slots(tp_size, tp_group)
+    return GPT(cfg, slots, vocab=shape.padded_vocab, vocab_size=shape.vocab_size, ffn_hidden=shape.ffn_hidden,
+               seed=seed)

@@ -12,13 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt.config.training import ModelConfig
+from gpt.model import rope
 from gpt.model.slots import LayerInit, Slots
-
-
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
 
 
 class Embedding(nn.Module):
@@ -29,29 +24,29 @@ class Embedding(nn.Module):
         if cfg.position == "learned":
             self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
             init.normal()(self.wpe.weight)
+        self.positions = slots.positions
+        self.split = slots.residual_split()  # sequence parallel: (b, t, h) -> (b, t/p, h)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         x = self.wte(idx)  # (b, t) -> (b, t, h)
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start_pos, start_pos + idx.shape[1], device=idx.device))
-        return self.drop(x)
+            x = x + self.wpe(self.positions(idx.shape[1], start_pos, idx.device))
+        return self.drop(self.split(x))
 
 
 class Rotary(nn.Module):
-    """RoPE (rotate-half convention, as Hugging Face Llama) on (b, n, t, hd)."""
+    """RoPE (rotate-half convention, as Hugging Face Llama) on (b, n, t, hd); frequencies from rope.py."""
 
-    def __init__(self, head_dim: int, max_seq_len: int, theta: float):
+    def __init__(self, max_seq_len: int, inv_freq: torch.Tensor):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        t = x.shape[-2]
-        cos, sin = self.cos[start_pos:start_pos + t].to(x.dtype), self.sin[start_pos:start_pos + t].to(x.dtype)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        cos, sin = self.cos[positions].to(x.dtype), self.sin[positions].to(x.dtype)  # (t, hd)
         x1, x2 = x.chunk(2, dim=-1)
         return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
@@ -66,28 +61,30 @@ class Attention(nn.Module):
         # contiguous split over the tensor group gives each rank whole groups (Megatron's layout).
         self.qkv = slots.column(cfg.n_embd, (cfg.n_head + 2 * n_kv) * self.hd, bias=cfg.bias, init=init.normal())
         self.proj = slots.row(cfg.n_head * self.hd, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
-        self.rotary = Rotary(self.hd, cfg.max_seq_len, cfg.rope_theta) if cfg.position == "rope" else None
+        self.rotary = Rotary(cfg.max_seq_len, rope.model_frequencies(cfg)) if cfg.position == "rope" else None
+        self.positions, self.core = slots.positions, slots.attention_core()
         self.dropout = cfg.dropout
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
-        b, t, _ = x.shape
+        qkv = self.qkv(x)[0]  # (b, t, (nh + 2 nkv) hd); t: the whole sequence also under sequence parallelism
+        b, t = qkv.shape[:2]
         group = self.nh // self.nkv
-        qkv = self.qkv(x)[0].view(b, t, self.nkv, group + 2, self.hd)
+        qkv = qkv.view(b, t, self.nkv, group + 2, self.hd)
         q = qkv[:, :, :, :group].reshape(b, t, self.nh, self.hd).transpose(1, 2)  # (b, nh, t, hd)
         k = qkv[:, :, :, group].transpose(1, 2)  # (b, nkv, t, hd)
         v = qkv[:, :, :, group + 1].transpose(1, 2)
         start = cache.length if cache is not None else 0
         if self.rotary is not None:
-            q, k = self.rotary(q, start), self.rotary(k, start)
+            pos = self.positions(t, start, x.device)
+            q, k = self.rotary(q, pos), self.rotary(k, pos)
         if cache is not None:
             k, v = cache.update(k, v)  # (b, nkv, start + t, hd)
         mask, causal = None, start == 0 and t > 1
         if start > 0 and t > 1:  # a chunk after cached tokens: causal within the chunk
             mask = torch.ones(t, start + t, dtype=torch.bool, device=x.device).tril(diagonal=start)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0,
-                                           enable_gqa=self.nkv != self.nh)  # (b, nh, t, hd)
+        y = self.core(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0,
+                      enable_gqa=self.nkv != self.nh)  # (b, nh, t, hd)
         y = y.transpose(1, 2).reshape(b, t, self.nh * self.hd)
         return self.drop(self.proj(y)[0])
 
@@ -121,9 +118,9 @@ MLPS = {"gelu": GeluMLP, "swiglu": SwiGLUMLP}
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, ffn_hidden: int):
         super().__init__()
-        self.ln_1 = make_norm(cfg)
+        self.ln_1 = slots.norm(cfg)
         self.attn = Attention(cfg, slots, init)
-        self.ln_2 = make_norm(cfg)
+        self.ln_2 = slots.norm(cfg)
         self.mlp = MLPS[cfg.activation](cfg, slots, init, ffn_hidden)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
@@ -134,9 +131,9 @@ class Block(nn.Module):
 class Norm(nn.Module):
     """The final norm, a layer of its own so a pipeline's last stage can hold it."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, slots: Slots):
         super().__init__()
-        self.ln_f = make_norm(cfg)
+        self.ln_f = slots.norm(cfg)
 
     def forward(self, x):
         return self.ln_f(x)
@@ -175,7 +172,7 @@ class GPT(nn.Module):
 
         self.embedding = Embedding(cfg, slots, init(0), vocab)
         self.blocks = nn.ModuleList(Block(cfg, slots, init(1 + i), ffn_hidden) for i in range(n))
-        self.norm = Norm(cfg)
+        self.norm = Norm(cfg, slots)
         self.output = Output(cfg, slots, init(n + 2), vocab, vocab_size)
         self.activation_checkpointing = False
 

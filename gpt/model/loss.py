@@ -37,20 +37,21 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad):
+    def forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad, reduce_input_grad):
         # x (n, h), weight (v/p, h), labels (n,) global ids, weights (n,)
         with torch.autocast(x.device.type, enabled=False):  # dtypes are explicit below
-            return _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad)
+            return _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad,
+                            reduce_input_grad)
 
     @staticmethod
     def backward(ctx, grad_out):
         grad_x, grad_w = ctx.saved_tensors  # fp32: scaled before any cast (fp16 loss scaling needs that)
         gx = grad_x * grad_out if ctx.x_dtype == torch.float32 else (grad_x * grad_out).to(ctx.x_dtype)
         gw = grad_w.mul_(grad_out) if ctx.w_dtype == torch.float32 else (grad_w * grad_out).to(ctx.w_dtype)
-        return gx, gw, None, None, None, None, None, None, None, None
+        return gx, gw, None, None, None, None, None, None, None, None, None
 
 
-def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad):
+def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad, reduce_input_grad):
     n = x.shape[0]
     real = max(0, min(weight.shape[0], vocab_size - first))  # rows of the real vocabulary on this rank
     w = weight[:real].to(dtype)  # (r, h)
@@ -89,22 +90,26 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
         elif need_grad:
             grad_x[s:s + chunk] = 0.0
     if need_grad:
-        _all_reduce(grad_x, group)  # x is replicated: its gradient sums every rank's rows
+        if reduce_input_grad:  # x is replicated: its gradient sums every rank's rows
+            _all_reduce(grad_x, group)
         ctx.save_for_backward(grad_x, grad_w)
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
     return total
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
-                         vocab_size: int, first: int = 0, group=None, chunk: int | None = None) -> torch.Tensor:
+                         vocab_size: int, first: int = 0, group=None, chunk: int | None = None,
+                         reduce_input_grad: bool = True) -> torch.Tensor:
     """sum_i weights_i * cross_entropy(x_i W^T, labels_i) over vocab-parallel rows W: a scalar.
 
     x (..., h) hidden states (replicated over the tensor group), weight (v/p, h) this rank's rows
     from `first`, labels/weights (...); `vocab_size` real rows in the whole table (the rest is padding).
+    reduce_input_grad=False leaves x's gradient a partial sum over this rank's rows, for a caller
+    whose own backward sums it (sequence parallelism's gather: a reduce-scatter).
     """
     h = x.shape[-1]
     x2, labels1, weights1 = x.reshape(-1, h), labels.reshape(-1), weights.reshape(-1)
     chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
     need_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(x2, weight, labels1, weights1, first, vocab_size, group, chunk,
-                                     _compute_dtype(x), need_grad)
+                                     _compute_dtype(x), need_grad, reduce_input_grad)

@@ -20,15 +20,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import (
-    ColumnParallelLinear,
-    RowParallelLinear,
-    VocabParallelEmbedding,
-    copy_to_tensor_model_parallel_region,
-)
+from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                           copy_to_tensor_model_parallel_region)
 from megatron.core.tensor_parallel.layers import set_tensor_model_parallel_attributes
 
+from gpt.model.context_parallel import ContextParallelAttention, local_positions
 from gpt.model.loss import linear_cross_entropy
+from gpt.model.sequence_parallel import (SequenceParallelColumn, SequenceParallelLayerNorm, SequenceParallelRMSNorm,
+                                         SequenceParallelRow, SequenceScatter, gather_sequence)
 from gpt.parallel import collectives
 
 
@@ -119,11 +118,12 @@ class VocabHead(nn.Module):
     """
 
     def __init__(self, n_embd: int, n_vocab: int, *, vocab_size: int, init, tied: bool, tp_size: int, tp_rank: int,
-                 tp_group):
+                 tp_group, sequence_parallel: bool = False):
         super().__init__()
         local = n_vocab // tp_size
         self.first, self.vocab_size = tp_rank * local, vocab_size  # rows [first, first + local) live here
         self.tp_group = tp_group if tp_size > 1 else None
+        self.sequence_parallel = sequence_parallel and self.tp_group is not None
         self.weight = None
         if not tied:
             self.weight = nn.Parameter(torch.empty(local, n_embd))
@@ -138,10 +138,12 @@ class VocabHead(nn.Module):
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
         w = self.weight if weight is None else weight  # (v/p, h)
+        if self.sequence_parallel:  # (b, t/p, h) -> (b, t, h); backward: reduce-scatter (sums x's gradients)
+            x = gather_sequence(x, self.tp_group)
         if labels is not None:
             return linear_cross_entropy(x, w, labels, weights, vocab_size=self.vocab_size, first=self.first,
-                                        group=self.tp_group)
-        if self.tp_group is not None:
+                                        group=self.tp_group, reduce_input_grad=not self.sequence_parallel)
+        if self.tp_group is not None and not self.sequence_parallel:
             x = copy_to_tensor_model_parallel_region(x, group=self.tp_group)  # backward: all-reduce x's gradient
         logits = F.linear(x, w)  # (b, t, v/p)
         return logits.masked_fill(self.padding, torch.finfo(logits.dtype).min) if self.padded else logits
@@ -149,29 +151,70 @@ class VocabHead(nn.Module):
 
 @dataclass
 class Slots:
-    """Factory for the layers of one model (holds the tensor group and megatron config)."""
+    """Factory for the layers of one model (holds the tensor and context groups and megatron config).
+
+    sequence_parallel: the residual stream holds 1/tp_size of the sequence (gpt/model/sequence_parallel.py);
+    cp_size > 1: this rank holds two chunks of each sequence (gpt/model/context_parallel.py), which sets
+    the positions it computes at and its attention core.
+    """
 
     tp_size: int
     tp_group: object = None
+    sequence_parallel: bool = False
+    cp_rank: int = 0
+    cp_size: int = 1
+    cp_group: object = None
 
     def __post_init__(self):
         self.tp_rank = collectives.rank(self.tp_group) if self.tp_size > 1 else 0  # this rank's place in the group
         self.config = ModelParallelConfig(tensor_model_parallel_size=self.tp_size, use_cpu_initialization=True,
                                           perform_initialization=True, params_dtype=torch.float32)
+        self.sequence_parallel = self.sequence_parallel and self.tp_size > 1
+
+    @classmethod
+    def of(cls, ctx, parallel_cfg) -> "Slots":
+        """The slots of a rank of a ParallelContext, with parallel.sequence_parallel of its config."""
+        return cls(ctx.layout.tensor, ctx.tp_group, sequence_parallel=parallel_cfg.sequence_parallel,
+                   cp_rank=ctx.cp_rank, cp_size=ctx.layout.context, cp_group=ctx.cp_group if ctx.layout.context > 1 else None)
 
     def column(self, n_in: int, n_out: int, *, bias: bool, init) -> nn.Module:
         """y[..., n_out/p] = x W_p^T: output features split over the tensor group."""
         if self.tp_size == 1:
             return ColumnLinear(n_in, n_out, bias=bias, init=init)
-        return ColumnParallelLinear(n_in, n_out, config=self.config, init_method=init, bias=bias,
-                                    gather_output=False, tp_group=self.tp_group)
+        cls = SequenceParallelColumn if self.sequence_parallel else ColumnParallelLinear
+        return cls(n_in, n_out, config=self.config, init_method=init, bias=bias, gather_output=False,
+                   tp_group=self.tp_group)
 
     def row(self, n_in: int, n_out: int, *, bias: bool, init) -> nn.Module:
         """y[..., n_out] = all-reduce(x[..., n_in/p] W_p^T): input features split over the tensor group."""
         if self.tp_size == 1:
             return RowLinear(n_in, n_out, bias=bias, init=init)
-        return RowParallelLinear(n_in, n_out, config=self.config, init_method=init, bias=bias,
-                                 input_is_parallel=True, skip_bias_add=False, tp_group=self.tp_group)
+        cls = SequenceParallelRow if self.sequence_parallel else RowParallelLinear
+        return cls(n_in, n_out, config=self.config, init_method=init, bias=bias,
+                   input_is_parallel=True, skip_bias_add=False, tp_group=self.tp_group)
+
+    def norm(self, cfg) -> nn.Module:
+        """LayerNorm or RMSNorm over n_embd; under sequence parallelism its gradients are summed over the tensor group."""
+        sp = dict(group=self.tp_group) if self.sequence_parallel else {}
+        if cfg.norm == "rmsnorm":
+            return (SequenceParallelRMSNorm if sp else nn.RMSNorm)(cfg.n_embd, eps=cfg.norm_eps, **sp)
+        return (SequenceParallelLayerNorm if sp else nn.LayerNorm)(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias, **sp)
+
+    def residual_split(self) -> nn.Module:
+        """Applied where the residual stream starts (after the embedding): this rank's part of it."""
+        return SequenceScatter(self.tp_group) if self.sequence_parallel else nn.Identity()
+
+    def positions(self, t: int, start: int, device) -> torch.Tensor:
+        """Positions (t,) of the t tokens this rank holds, the first cached at `start`."""
+        if self.cp_size > 1:
+            return local_positions(t, self.cp_rank, self.cp_size, device)
+        return torch.arange(start, start + t, device=device)
+
+    def attention_core(self):
+        """softmax(q k^T / sqrt(hd)) v: SDPA, or its context-parallel form."""
+        if self.cp_size > 1:
+            return ContextParallelAttention(self.cp_group, self.cp_rank, self.cp_size)
+        return F.scaled_dot_product_attention
 
     def vocab_embedding(self, n_vocab: int, n_embd: int, *, init) -> nn.Module:
         """Rows of the token table split over the tensor group; lookups all-reduced."""
@@ -182,4 +225,4 @@ class Slots:
     def vocab_head(self, n_embd: int, n_vocab: int, *, vocab_size: int, init, tied: bool) -> VocabHead:
         """The output projection, rows split like the embedding's; fused with the loss when given labels."""
         return VocabHead(n_embd, n_vocab, vocab_size=vocab_size, init=init, tied=tied, tp_size=self.tp_size,
-                         tp_rank=self.tp_rank, tp_group=self.tp_group)
+                         tp_rank=self.tp_rank, tp_group=self.tp_group, sequence_parallel=self.sequence_parallel)

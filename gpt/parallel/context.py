@@ -33,6 +33,22 @@ class ParallelContext:
     dp_rank: int
     device: torch.device
     backend: str
+    cp_rank: int = 0
+    dp_cp_rank: int = 0  # rank in dp_cp_group (= dp_rank without context parallelism)
+
+    @property
+    def cp_group(self):
+        """Ranks that hold the chunks of the same sequences (parallel.context)."""
+        from megatron.core import parallel_state
+
+        return parallel_state.get_context_parallel_group()
+
+    @property
+    def dp_cp_group(self):
+        """Data x context ranks: they average gradients and share ZeRO state (the dp group without context parallelism)."""
+        from megatron.core import parallel_state
+
+        return parallel_state.get_data_parallel_group(with_context_parallel=True)
 
     @property
     def tp_group(self):
@@ -111,6 +127,7 @@ def initialize(layout: Layout, device: str = "auto") -> ParallelContext:
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tensor,
         pipeline_model_parallel_size=layout.pipeline,
+        context_parallel_size=layout.context,
         distributed_timeout_minutes=round(group_timeout(backend).total_seconds() / 60),
         create_gloo_process_groups=False,
         order=RANK_ORDER,
@@ -122,6 +139,8 @@ def initialize(layout: Layout, device: str = "auto") -> ParallelContext:
         tp_rank=parallel_state.get_tensor_model_parallel_rank(),
         pp_rank=parallel_state.get_pipeline_model_parallel_rank(),
         dp_rank=parallel_state.get_data_parallel_rank(),
+        cp_rank=parallel_state.get_context_parallel_rank(),
+        dp_cp_rank=parallel_state.get_data_parallel_rank(with_context_parallel=True),
         device=dev,
         backend=backend,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpt.checkpoint import format as fmt
 from gpt.errors import CheckpointError, ConfigError
-from gpt.hf.config import ARCHITECTURE_KEYS
+from gpt.hf.config import ARCHITECTURE_KEYS, ROPE_KEYS
 from gpt.hf.config import apply_architecture as apply_fields
 from gpt.hf.config import architecture as hf_architecture
 
@@ -46,11 +46,28 @@ def apply_architecture(cfg) -> None:
         return
     source = cfg.model.init_from
     if is_hf_dir(source):
-        apply_fields(cfg.model, hf_architecture(Path(source)), str(Path(source) / "config.json"))
+        fields, where = hf_architecture(Path(source)), str(Path(source) / "config.json")
     else:
         ckpt, meta = base_checkpoint(source, verify=False)
         saved = meta["config"]["model"]
-        apply_fields(cfg.model, {k: saved[k] for k in CHECKPOINT_KEYS if k in saved}, str(ckpt))
+        fields, where = {k: saved[k] for k in CHECKPOINT_KEYS if k in saved}, str(ckpt)
+    apply_fields(cfg.model, extend_context(cfg.model, fields), where)
+
+
+def extend_context(model_cfg, fields: dict) -> dict:
+    """The source's architecture `fields`, or, when the config asks for RoPE scaling (model.rope_scaling
+    other than none) on a rotary source, those fields extended: the config's scaling instead of the
+    source's, model.rope_original_max_seq_len = the source's unscaled context, and model.max_seq_len =
+    that context x model.rope_factor (continued pretraining at a longer context)."""
+    if model_cfg.rope_scaling == "none" or fields.get("position") != "rope":
+        return fields
+    if fields.get("rope_scaling", "none") != "none":
+        original = fields.get("rope_original_max_seq_len") or round(fields["max_seq_len"] / fields["rope_factor"])
+    else:
+        original = fields["max_seq_len"]
+    original = model_cfg.rope_original_max_seq_len or original
+    kept = {k: v for k, v in fields.items() if k not in ROPE_KEYS or k == "rope_theta"}
+    return {**kept, "max_seq_len": int(round(original * model_cfg.rope_factor)), "rope_original_max_seq_len": original}
 
 
 def prepare(cfg, data_path: Path) -> None:

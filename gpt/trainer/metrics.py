@@ -60,8 +60,12 @@ class WandbSink:
             return
         import wandb
 
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, name=cfg.name or Path(run_dir).name,
-                              mode=cfg.mode, dir=str(run_dir), config=config, id=run_id, resume="allow")
+        from gpt.config.secrets import redact
+
+        # W&B's own fields are sent too: a secret interpolated into them is redacted like the config.
+        self.run = wandb.init(project=redact(cfg.project), entity=redact(cfg.entity),
+                              name=redact(cfg.name or Path(run_dir).name), mode=cfg.mode, dir=str(run_dir),
+                              config=redact(config), id=run_id, resume="allow")
         if cfg.mode == "offline":
             logger.info("W&B is offline: sync later with `wandb sync %s/wandb/offline-run-*`", run_dir)
 

@@ -1,17 +1,18 @@
 """Setting up a training run: validate, start process groups, data, engine, resume, then the loop."""
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from gpt import log
 from gpt.checkpoint.base_weights import SHAPE_KEYS, same_peft, saved_peft
 from gpt.checkpoint.load import load as load_checkpoint
 from gpt.checkpoint.load import load_weights
 from gpt.checkpoint.load import select as select_checkpoint
-from gpt.checkpoint.reader import check_architecture, check_tokenizer
+from gpt.checkpoint.compat import check_architecture
+from gpt.checkpoint.reader import check_tokenizer
 from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
@@ -43,15 +44,18 @@ def data_dir(cfg: TrainingConfig) -> Path:
 
 
 def config_dict(cfg: TrainingConfig) -> dict:
-    """The resolved config as saved in config.yaml, checkpoints and W&B: secrets from the environment redacted."""
-    return redact(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+    """The config as saved in config.yaml, checkpoints and W&B: its values as they are (interpolations
+    were resolved once, when it was composed; strings are never read as `${...}` again), secrets from
+    the environment redacted."""
+    return redact(dataclasses.asdict(cfg))
 
 
 def _write_config(cdict: dict, run_dir: Path) -> None:
     from gpt.checkpoint.format import write_text_atomic
+    from gpt.config.loader import to_yaml
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(cdict)))
+    write_text_atomic(run_dir / "config.yaml", to_yaml(cdict))
 
 
 def pretrain(cfg: TrainingConfig) -> int:
@@ -62,6 +66,7 @@ def pretrain(cfg: TrainingConfig) -> int:
     cuda_settings(layout.tensor)  # before anything starts CUDA
     check_precision(cfg.device, cfg.train.precision)  # what this machine's kernels allow
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
+    check_memory(cfg, shape, layout)
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
     try:
@@ -74,6 +79,30 @@ def pretrain(cfg: TrainingConfig) -> int:
     finally:
         stop.restore()
         parallel.destroy()
+
+
+def check_memory(cfg: TrainingConfig, shape, layout) -> None:
+    """Refuse a run whose busiest rank cannot fit on its device, by estimate, before anything starts."""
+    from gpt.errors import ConfigError
+    from gpt.parallel.device import choose_device
+
+    if not cfg.train.check_memory:
+        return
+    found = memory.available_bytes(choose_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))[0])
+    if found is None:
+        return
+    available, source = found
+    mem = memory.estimate(cfg, shape, layout)
+    act = memory.activation_bytes(cfg, shape, layout)
+    if mem.total + act > available:
+        hb = memory.human_bytes
+        raise ConfigError(
+            f"train.micro_batch_size={cfg.train.micro_batch_size}, train.seq_len={cfg.train.seq_len}: the busiest rank "
+            f"needs at least {hb(mem.total + act)} (weights {hb(mem.weights)} + gradients {hb(mem.gradients)} + "
+            f"optimizer state {hb(mem.optimizer)} + activations {hb(act)}, an estimate) but has {hb(available)} "
+            f"({source}); lower train.micro_batch_size (train.global_batch_size is reached by accumulation), set "
+            f"train.activation_checkpointing=true, shard with parallel.zero_stage/parallel.tensor, or start anyway "
+            f"with train.check_memory=false")
 
 
 finetune = pretrain  # a FinetuneConfig adds the `peft` section, which build_engine applies

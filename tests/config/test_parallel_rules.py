@@ -15,7 +15,7 @@ from gpt.errors import ConfigError
     (["model.vocab_multiple=100", "parallel.tensor=8", "model.n_head=8"], 8, r"does not divide model\.vocab_multiple=100"),
     (["parallel.pipeline=2", "parallel.pipeline_layers=[3,2]"], 2, r"pipeline_layers=\[3, 2\] must list 2 positive counts summing to model\.n_layer=4"),
     (["parallel.pipeline=2", "parallel.pipeline_layers=[4,0]"], 2, r"must list 2 positive counts"),
-    (["parallel.tensor=2", "parallel.pipeline=2"], 6, r"world size 6 is not divisible by parallel\.tensor\*parallel\.pipeline=2\*2"),
+    (["parallel.tensor=2", "parallel.pipeline=2"], 6, r"world size 6 is not divisible by parallel\.tensor\*parallel\.pipeline\*parallel\.context=2\*2\*1"),
     (["train.precision=fp16", "parallel.zero_stage=0"], 1, r"fp16 needs parallel\.zero_stage>=1"),
     (["train.peak_flops=0"], 1, r"train\.peak_flops=0\.0 must be a positive FLOP/s"),
 ])

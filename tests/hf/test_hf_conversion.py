@@ -35,6 +35,12 @@ VARIANTS = {
     "gpt2-untied": dict(GPT2, tie_embeddings=False),
     "llama-gqa": dict(LLAMA, n_kv_head=2),
     "llama-bias-tied": dict(LLAMA, bias=True, tie_embeddings=True, n_kv_head=1),
+    # RoPE scaling (gpt/model/rope.py): a wrong formula moves the logits of late positions by O(1).
+    # original context 32 (head size 16, theta 500) puts wavelengths in all three of llama3's bands.
+    "llama-rope-linear": dict(LLAMA, rope_scaling="linear", rope_factor=4.0),
+    "llama-rope-ntk": dict(LLAMA, rope_scaling="ntk", rope_factor=4.0),
+    "llama-rope-llama3": dict(LLAMA, rope_scaling="llama3", rope_factor=4.0, rope_original_max_seq_len=32,
+                              rope_theta=500.0),
 }
 
 
@@ -91,12 +97,51 @@ def test_hf_configs_gpt_cannot_compute_are_refused(tmp_path):
     llama = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
              "intermediate_size": 128, "max_position_embeddings": 64, "vocab_size": 257}
     assert from_hf_config(llama, tmp_path)["n_kv_head"] == 4
-    with pytest.raises(ConfigError, match="RoPE scaling"):
-        from_hf_config(dict(llama, rope_parameters={"rope_type": "llama3", "rope_theta": 5e5}), tmp_path)
+    with pytest.raises(ConfigError, match="rope_type='yarn' is not supported"):
+        from_hf_config(dict(llama, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5}), tmp_path)
+    with pytest.raises(ConfigError, match="no 'original_max_position_embeddings'"):
+        from_hf_config(dict(llama, rope_parameters={"rope_type": "llama3", "factor": 8.0, "rope_theta": 5e5,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0}), tmp_path)
     with pytest.raises(ConfigError, match="model_type='bert'"):
         from_hf_config({"model_type": "bert"}, tmp_path)
     with pytest.raises(ConfigError, match="tanh"):
         from_hf_config({"model_type": "gpt2", "activation_function": "relu"}, tmp_path)
+
+
+@pytest.mark.parametrize("variant", ["llama-rope-linear", "llama-rope-llama3", "llama-gqa"])
+def test_rope_settings_survive_the_round_trip(variant):
+    cfg = ModelConfig(n_layer=2, n_head=4, n_embd=64, max_seq_len=64, **VARIANTS[variant])
+    back = from_hf_config(to_hf_config(cfg, vocab_size=257, eos_id=256, bos_id=None), "config.json")
+    for key in ("rope_theta", "rope_scaling", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor"):
+        assert back[key] == getattr(cfg, key), key
+    assert back["rope_original_max_seq_len"] == (32 if variant == "llama-rope-llama3" else None)
+
+
+def test_llama_3_1_config_imports_with_its_scaling():
+    """Meta's Llama 3.1 config.json (the 4.x `rope_scaling` spelling) imports as llama3 scaling."""
+    llama31 = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+               "intermediate_size": 128, "max_position_embeddings": 131072, "vocab_size": 257, "rope_theta": 5e5,
+               "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    got = from_hf_config(llama31, "config.json")
+    assert (got["rope_scaling"], got["rope_factor"], got["rope_original_max_seq_len"], got["rope_theta"]) == \
+        ("llama3", 8.0, 8192, 5e5)
+    dynamic = dict(llama31, rope_scaling={"type": "dynamic", "factor": 2.0})  # plain RoPE inside the window
+    assert from_hf_config(dynamic, "config.json")["rope_scaling"] == "none"
+
+
+def test_extending_a_source_context_scales_max_seq_len():
+    from gpt.trainer.init_from import extend_context
+
+    source = {"position": "rope", "max_seq_len": 8192, "rope_theta": 5e5, "rope_scaling": "none", "rope_factor": 1.0,
+              "n_layer": 2}
+    asks = ModelConfig(position="rope", rope_scaling="llama3", rope_factor=4.0)
+    got = extend_context(asks, source)
+    assert got["max_seq_len"] == 32768 and got["rope_original_max_seq_len"] == 8192 and "rope_scaling" not in got
+    assert got["rope_theta"] == 5e5 and got["n_layer"] == 2
+    assert extend_context(ModelConfig(position="rope"), source) == source  # no scaling asked: the source decides
+    scaled = dict(source, max_seq_len=32768, rope_scaling="linear", rope_factor=4.0)  # already extended once
+    assert extend_context(ModelConfig(position="rope", rope_scaling="linear", rope_factor=8.0), scaled)["max_seq_len"] == 65536
 
 
 def test_init_from_refuses_another_tokenizer(tmp_path):

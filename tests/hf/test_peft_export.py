@@ -100,7 +100,7 @@ def test_gpt2_lora_in_peft_format_and_merged(finetune, tmp_path):
         windowed = list(generate(loaded.model, x, stop_ids=(loaded.tokenizer.eod_id,), window=loaded.context_length,
                                  **common))
         release()
-        cli = run_module("gpt.generate", [f"checkpoint={run}", "prompt='17+25='", "chat=true", "max_new_tokens=32",
+        cli = run_module("gpt.generate", [f"checkpoint={run}", "prompt=17+25=", "chat=true", "max_new_tokens=32",
                                           "temperature=0", f"merge_peft={str(merge).lower()}", "device=cpu"], check=True)
         assert cli.stdout[:-1] == prompt + tok.decode(windowed), merge  # the CLI ends with one newline
 

@@ -84,6 +84,6 @@ def test_early_stopping_keeps_best_and_every_command_names_it(finetune, tmp_path
     assert json.loads(out.stdout)["step"] == best["step"]
     exported = run_module("gpt.export", [f"checkpoint={pointer}", f"output={tmp_path / 'hf'}"], check=True)
     assert json.loads((tmp_path / "hf" / "gpt_source.json").read_text())["step"] == best["step"], exported.stderr
-    text = run_module("gpt.generate", [f"checkpoint={pointer}", "prompt='12+30='", "chat=true", "max_new_tokens=8",
+    text = run_module("gpt.generate", [f"checkpoint={pointer}", "prompt=12+30=", "chat=true", "max_new_tokens=8",
                                        "temperature=0", "device=cpu"], check=True).stdout
     assert text.startswith("### User:\n12+30=\n\n### Assistant:\n")  # the template recorded from the SFT data

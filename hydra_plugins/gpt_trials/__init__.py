@@ -1,0 +1,1 @@
+"""gpt's Hydra launcher plugin for sweeps (see gpt_trials.py)."""
