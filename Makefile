@@ -7,6 +7,10 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_DATA ?= data/stdlib
+# Test files run on this many pytest workers at once (pytest-xdist; one file per worker at a time, so
+# the runs a file's tests share stay in one process). Most tests wait on one-process subprocesses:
+# two workers keep a 2-core machine busy (one thread each: OMP_NUM_THREADS=1).
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test test-fast docs gpu-wheels gpu-check clean
 
@@ -23,12 +27,13 @@ demo: install
 	test -f $(DEMO_DATA)/metadata.json || $(BIN)/gpt-preprocess input=stdlib output=$(DEMO_DATA) tokenizer.kind=byte
 	$(BIN)/gpt-pretrain experiment=demo data.path=$(DEMO_DATA)
 	$(BIN)/gpt-generate checkpoint=runs/demo prompt="def " max_new_tokens=300 temperature=0.8 top_k=40
+	$(BIN)/gpt-plot runs/demo output=runs/demo/curves.png
 
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not distributed and not slurm"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not distributed and not slurm and not docker"
 
 # The manual in docs/ as a site in site/; --strict fails on a broken link or anchor, or a page missing from nav.
 docs: install

@@ -31,9 +31,13 @@ LAYOUTS = {  # name: (processes, overrides)
     "tensor 1": (1, []),
     "tensor 2": (2, ["parallel.tensor=2"]),
     "tensor 2 + SP": (2, ["parallel.tensor=2", "parallel.sequence_parallel=true"]),
+    "tensor 4": (4, ["parallel.tensor=4"]),
+    "tensor 4 + SP": (4, ["parallel.tensor=4", "parallel.sequence_parallel=true"]),
     "context 2": (2, ["parallel.context=2"]),
 }
-RATIOS = [("tensor 2 + SP", "tensor 2", 0.6), ("context 2", "tensor 1", 0.6)]
+# (layout, against, target): the targets are at tensor 2 and context 2; tensor 4 shows how
+# sequence parallelism's share grows with the tensor size (Megatron's 34/t vs 10 + 24/t per token).
+RATIOS = [("tensor 2 + SP", "tensor 2", 0.6), ("tensor 4 + SP", "tensor 4", 0.6), ("context 2", "tensor 1", 0.6)]
 
 
 def worker(mode: str, seq: int, overrides: list[str]) -> dict:

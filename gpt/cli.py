@@ -30,15 +30,10 @@ def run_command(prog: str, config_name: str, run: Callable, usage: str, argv: Op
         result = run(loader.compose(config_name, cli.overrides))
         return int(result or 0)
     except GptError as e:
-        if os.environ.get("RANK", "0") == "0" or not _is_config_error(e):
+        if os.environ.get("RANK", "0") == "0" or not e.every_rank:
             print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
 
-
-def _is_config_error(e: GptError) -> bool:
-    from gpt.errors import ConfigError
-
-    return isinstance(e, ConfigError)

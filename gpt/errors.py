@@ -9,9 +9,20 @@ keeps its traceback.
 class GptError(Exception):
     """An error whose message names the file/line/key and the fix."""
 
+    every_rank = False
+    """True for errors every rank raises alike: only rank 0 prints them."""
+
 
 class ConfigError(GptError):
     """The resolved configuration is impossible; raised before any process group starts."""
+
+    every_rank = True
+
+
+class RunDirError(GptError):
+    """run.dir cannot be used: another live job holds its lock, or it is not writable (all ranks raise it)."""
+
+    every_rank = True
 
 
 class DataError(GptError):

@@ -172,7 +172,8 @@ class TrialRunner:
         step, done = progress(run_dir)
         trial = Trial(name=name, run_dir=str(run_dir), args=args, status="finished", step=step, best_val_loss=best,
                       final_val_loss=final)
-        if rc != 0:
+        saved_after_ctrl_c = self.signum == signal.SIGINT and rc == 128 + signal.SIGINT  # the trainer's exit after Ctrl-C
+        if rc != 0 and not saved_after_ctrl_c:
             errors = [line for line in last_lines if ": error: " in line]
             trial.status, trial.error = "failed", (errors[-1] if errors else
                                                    f"exit status {rc}: {last_lines[-1] if last_lines else ''}")

@@ -7,7 +7,7 @@ import sys
 from typing import List, Optional
 
 from gpt.errors import GptError
-from launcher import supervise
+from launcher import rendezvous, supervise
 from launcher.environment import Pinned, Placement, detect
 from launcher.plan import LaunchPlan, child_env, commands, make_plan
 
@@ -57,7 +57,8 @@ def launch(argv: List[str]) -> int:
         pinned = Pinned(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
                         master_addr=args.master_addr, master_port=args.master_port)
         placement = detect(os.environ, pinned)
-        plan = make_plan(args.command, args.overrides, placement)
+        seconds = rendezvous.timeout_s(os.environ)
+        plan = make_plan(args.command, args.overrides, placement, rendezvous_timeout=seconds)
         if args.print_run_dir:
             print(plan.run_dir)
             return 0
@@ -65,11 +66,17 @@ def launch(argv: List[str]) -> int:
             print(describe(plan))
             return 0
         _refuse_partial_slurm_start(placement)
+        rendezvous.check(placement, os.environ, supervise.say)  # bounded: a node 0 we cannot reach fails here
     except GptError as e:
         print(f"{PROG}: error: {e}", file=sys.stderr, flush=True)
         return 2
     supervise.say(f"{where(placement)}; starting: {shlex.join(plan.argv)}")
-    return supervise.run(plan.argv, child_env(os.environ), under_slurm=placement.source == "slurm")
+    rc = supervise.run(plan.argv, child_env(os.environ), under_slurm=placement.source == "slurm", direct=plan.direct,
+                       rendezvous_timeout=None if placement.standalone else seconds)
+    if rc == supervise.NO_RANKS:
+        print(f"{PROG}: error: {rendezvous.failed_before_ranks(placement, seconds)}", file=sys.stderr, flush=True)
+        return 2
+    return rc
 
 
 def where(p: Placement) -> str:
@@ -80,7 +87,9 @@ def where(p: Placement) -> str:
 
 def describe(plan: LaunchPlan) -> str:
     p = plan.placement
-    if p.standalone:
+    if plan.direct:
+        rendezvous = "none (one process: started directly, without torchrun)"
+    elif p.standalone:
         rendezvous = "standalone (one node; torchrun picks a free local port)"
     else:
         rendezvous = f"static, node 0 at {p.master_addr}:{p.master_port}; this is node_rank {p.node_rank}"

@@ -17,6 +17,7 @@ from typing import Mapping, Sequence
 from gpt.config import Layout, TrainingConfig, compose, conf_dir, validate_training
 from gpt.errors import ConfigError
 from launcher.environment import Placement
+from launcher.rendezvous import DEFAULT_TIMEOUT_S
 
 _COMMAND = re.compile(r"^[a-z][a-z0-9_]*$")
 # torchrun reads PET_<FLAG> as the default of each flag; the launcher consumes them (environment.py) and
@@ -34,6 +35,8 @@ class LaunchPlan:
     layout: Layout
     run_dir: Path
     argv: tuple[str, ...]
+    direct: bool = False
+    """One process in all: argv starts the rank itself, without torchrun (no rendezvous, no ports)."""
 
 
 def commands() -> list[str]:
@@ -49,7 +52,8 @@ def commands() -> list[str]:
             and issubclass(SCHEMAS[f"{n}_schema"], TrainingConfig) and importlib.util.find_spec(f"gpt.{n}")]
 
 
-def make_plan(command: str, overrides: Sequence[str], placement: Placement) -> LaunchPlan:
+def make_plan(command: str, overrides: Sequence[str], placement: Placement, *,
+              rendezvous_timeout: int = DEFAULT_TIMEOUT_S) -> LaunchPlan:
     known = commands()
     if command not in known:
         raise ConfigError(f"unknown command {command!r}: choose one of {'|'.join(known)} "
@@ -71,19 +75,29 @@ def make_plan(command: str, overrides: Sequence[str], placement: Placement) -> L
         raise ConfigError(f"{e} [{placement.nnodes} node(s) x {placement.nproc_per_node} process(es) per node: "
                           f"{placement.nproc_from}]") from None
     _check_gpus(placement, cfg.device)
+    direct = placement.world == 1
+    argv = ([sys.executable, "-m", f"gpt.{command}", *overrides] if direct
+            else torchrun_argv(placement, command, overrides, rendezvous_timeout=rendezvous_timeout))
     return LaunchPlan(placement=placement, command=command, overrides=tuple(overrides), layout=layout,
-                      run_dir=Path(os.path.abspath(cfg.run.dir)),
-                      argv=tuple(torchrun_argv(placement, command, overrides)))
+                      run_dir=Path(os.path.abspath(cfg.run.dir)), argv=tuple(argv), direct=direct)
 
 
-def torchrun_argv(p: Placement, command: str, overrides: Sequence[str]) -> list[str]:
+def torchrun_argv(p: Placement, command: str, overrides: Sequence[str], *,
+                  rendezvous_timeout: int = DEFAULT_TIMEOUT_S) -> list[str]:
+    """Several processes: torchrun (a one-process run starts the rank directly: a rendezvous would need a
+    resolvable hostname and a port for nothing, and hangs in a container without a network)."""
+    local = []
     if p.standalone:
         rendezvous = ["--standalone", "--nnodes=1"]
+        # One node: no hostname lookups (a container's own name may not resolve): the local address is loopback.
+        local = ["--local_addr=127.0.0.1"]
     else:
         # Static rendezvous: node ranks are SLURM's node ids (or PET_NODE_RANK), node 0 hosts the store.
+        # --rdzv_conf=timeout: how long the nodes wait for each other (torchrun's default is 600 s).
         rendezvous = [f"--nnodes={p.nnodes}", f"--node_rank={p.node_rank}", "--rdzv_backend=static",
-                      f"--master_addr={p.master_addr}", f"--master_port={p.master_port}"]
-    return [*_torchrun(), *rendezvous, f"--nproc_per_node={p.nproc_per_node}", "--max_restarts=0",
+                      f"--master_addr={p.master_addr}", f"--master_port={p.master_port}",
+                      f"--rdzv_conf=timeout={rendezvous_timeout}"]
+    return [*_torchrun(), *rendezvous, f"--nproc_per_node={p.nproc_per_node}", "--max_restarts=0", *local,
             "-m", f"gpt.{command}", *overrides]
 
 

@@ -68,7 +68,7 @@ export NCCL_DEBUG=${NCCL_DEBUG:-WARN}     # INFO prints the interfaces/transport
 export PYTHONUNBUFFERED=1
 
 # Rendezvous: node 0 (this batch script runs on it) hosts torchrun's static store on a free port.
-# The other nodes wait up to 600 s for it (torchrun's default).
+# The other nodes wait up to GPT_RENDEZVOUS_TIMEOUT seconds (default 300) for it, then fail with one line.
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
 MASTER_PORT=${MASTER_PORT:-$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')}
 export MASTER_ADDR MASTER_PORT

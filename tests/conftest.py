@@ -5,11 +5,15 @@ under torchrun/gloo; `slurm` tests submit to a real local SLURM. All run in CI (
 Helper functions live in helpers.py (importable as `helpers`: pytest puts tests/ on sys.path).
 """
 
+import logging
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from finetuning import finetune_overrides, make_sft_shards
 from helpers import run_module, shakespeare_path, tiny_overrides, torchrun
+from parity import run_overrides
 
 
 @pytest.fixture(scope="session")
@@ -66,6 +70,48 @@ def finetune(base_run, sft_shards, tmp_path_factory):
         return done[key]
 
     return run
+
+
+@dataclass
+class Launched:
+    run_dir: Path
+    proc: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def launch(shards, tmp_path_factory):
+    """launch(nproc, arch, *overrides) -> Launched: the gpt-pretrain run of the parity setting
+    (parity.run_overrides) with these overrides, started on first use, then shared by every test that
+    asks for the same command (the parity matrix, precision, report and MFU tests)."""
+    done: dict[tuple, Launched] = {}
+
+    def run(nproc: int, arch: str, *extra: str) -> Launched:
+        key = (nproc, arch, extra)
+        if key not in done:
+            run_dir = tmp_path_factory.mktemp(f"{arch}-{nproc}") / "run"
+            args = run_overrides(shards, run_dir, arch, *extra)
+            proc = run_module("gpt.pretrain", args, check=True) if nproc == 1 else torchrun(nproc, "gpt.pretrain", args)
+            done[key] = Launched(run_dir, proc)
+        return done[key]
+
+    return run
+
+
+@pytest.fixture
+def gpt_log():
+    """The records logged under `gpt` at WARNING and above while the test runs (whatever log.setup did
+    to propagation: the handler sits on the `gpt` logger itself)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("gpt")
+    level = logger.level
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,10 +6,16 @@ tiny model of `helpers.tiny_overrides` with 3 blocks (so a 2-stage pipeline can 
 architecture (RMSNorm, RoPE, SwiGLU, 2 kv heads for 4 query heads, untied head, no biases).
 """
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import read_metrics, tiny_overrides
+
+# DeepSpeed keeps every tensor of at most stage3_param_persistence_threshold (default 1e5) elements
+# whole on every rank; all of the tiny models' tensors are smaller. Every ZeRO-3 test sets this, so
+# that ZeRO-3 really partitions, and asserts it with `assert_zero3_partitioned`.
+ZERO3_PARTITIONED = "+deepspeed.zero_optimization.stage3_param_persistence_threshold=0"
 
 
 def run_overrides(shards: Path, run_dir: Path, arch: str, *extra: str) -> list[str]:
@@ -42,3 +48,13 @@ def deviation(reference_dir: Path, run_dir: Path) -> Deviation:
 
     return Deviation(worst(ref_steps, steps, "loss"), worst(ref_steps, steps, "grad_norm"),
                      worst(ref_evals, evals, "val_loss"))
+
+
+def assert_zero3_partitioned(stderr: str, data: int) -> int:
+    """The start-up report says ZeRO-3 split every parameter tensor over `data` ranks; returns how many."""
+    found = re.search(r"ZeRO-3 partitions (\d+) of (\d+) parameter tensors over (\d+) data rank\(s\); (\d+) kept whole",
+                      stderr)
+    assert found, "no ZeRO-3 line in the start-up report"
+    partitioned, total, ranks, whole = map(int, found.groups())
+    assert partitioned == total > 0 and whole == 0 and ranks == data, found.group(0)
+    return total

@@ -26,9 +26,11 @@ import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
 from gpt.errors import CheckpointError
+from gpt.paths import member_file, plain_name
 
 FORMAT = "gpt-checkpoint"
 VERSION = 1
@@ -41,6 +43,9 @@ RNG_CPU, RNG_CUDA = "__rng__.cpu", "__rng__.cuda"
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _HASH_CHUNK = 16 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_POINTER_BYTES = 256  # a pointer holds one step directory name; more is not a pointer
+FALLBACK_HINT = "use checkpoint.fallback=true to resume from the previous one"
 
 
 def step_dir_name(step: int) -> str:
@@ -60,12 +65,17 @@ def checkpoints_dir(run_dir: str | Path) -> Path:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the whole new one; a failed write (a full disk) leaves the old one and no debris."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
@@ -107,31 +117,53 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def read_pointer(root: Path, pointer: str) -> str | None:
-    path = root / pointer
-    return path.read_text().strip() if path.is_file() else None
+    """The checkpoint name in `root/<pointer>` (None: no such pointer).
+
+    Only a `step_NNNNNNNN` name is a pointer: it cannot lead outside `root` (no path, no `..`), so an
+    absolute path, `..`, random bytes, an empty file, a symlink or a FIFO are refused in one line.
+    """
+    path = Path(root) / pointer
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    fix = (f"delete it to resume from the newest complete checkpoint in {root}, or write the name of one of its "
+           f"step_* directories into it")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file (a pointer is a text file holding a step_NNNNNNNN name); {fix}")
+    with open(path, "rb") as f:
+        raw = f.read(_POINTER_BYTES + 1)
+    name = raw.decode("utf-8", errors="replace").strip()
+    if len(raw) > _POINTER_BYTES or _STEP_DIR.match(name) is None:
+        shown = name[:40] + ("..." if len(name) > 40 else "")
+        raise CheckpointError(f"{path} holds {shown!r}, not a checkpoint name (step_NNNNNNNN, a directory inside "
+                              f"{root}); {fix}")
+    return name
 
 
-def candidates(path: str | Path) -> list[Path]:
+def candidates(path: str | Path, *, ignore_latest: bool = False) -> list[Path]:
     """Checkpoints to try for a resume from `path`, best first; [] when there is none yet.
 
     `path` is a run.dir, its checkpoints/ dir, one checkpoint dir, or a pointer file
     (`checkpoints/latest`, `checkpoints/best`). For a run the `latest` pointer comes first; then the
     other complete checkpoints, newest first (used only with checkpoint.fallback). A run whose
     `latest` is missing (a crash between renaming a checkpoint into place and writing the pointer)
-    starts from its newest complete checkpoint.
+    starts from its newest complete checkpoint; so does one whose `latest` is unreadable when
+    `ignore_latest` (checkpoint.fallback), which otherwise is an error. Every candidate of a run is
+    a `step_NNNNNNNN` directory inside its checkpoints/.
     """
     path = Path(path)
     if (path / META).is_file() or step_of(path) is not None:
         return [path]
-    if path.is_file():
+    if os.path.lexists(path) and not path.is_dir():
         return [_follow(path)]
     root = path if path.name == "checkpoints" else checkpoints_dir(path)
     done = complete_checkpoints(root)[::-1]
-    name = read_pointer(root, LATEST)
+    name = None if ignore_latest else read_pointer(root, LATEST)
     if name is None:
         return done
     first = root / name
-    return [first] + [p for p in done if p.name != name and (step_of(first) is None or step_of(p) < step_of(first))]
+    return [first] + [p for p in done if p.name != name and step_of(p) < step_of(first)]
 
 
 def resolve(path: str | Path, *, verify: bool = True) -> Path | None:
@@ -145,7 +177,7 @@ def resolve(path: str | Path, *, verify: bool = True) -> Path | None:
 
 
 def _follow(pointer: Path) -> Path:
-    name = pointer.read_text().strip()
+    name = read_pointer(pointer.parent, pointer.name)
     target = pointer.parent / name
     if not (target / META).is_file():
         raise CheckpointError(f"{pointer} names {name!r}, which is not a complete checkpoint; "
@@ -158,37 +190,90 @@ def write_pointer(run_dir: str | Path, pointer: str, step: int) -> None:
 
 
 def read_meta(ckpt: Path) -> dict:
+    """meta.json of `ckpt`, checked for format, version and structure (every key the readers use)."""
     path = ckpt / META
     if not ckpt.is_dir():
         raise CheckpointError(f"{ckpt} is not a directory: no such checkpoint")
     try:
+        member_file(ckpt, META, where=ckpt, error=CheckpointError)  # a FIFO would block read_text forever
         meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing: {ckpt} is not a complete checkpoint") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt ({e}); use checkpoint.fallback=true to resume from the previous one") from None
+        raise CheckpointError(f"{path} is corrupt ({e}); {FALLBACK_HINT}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path} is not a gpt checkpoint (format={found!r})")
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path} has format version {meta.get('version')}; this gpt reads version {VERSION}")
-    for key in ("step", "files", "tensors", "config", "layout"):
+    for key in ("step", "files", "tensors", "config", "layout", "trainer"):
         if key not in meta:
-            raise CheckpointError(f"{path} has no {key!r} entry: the file is corrupt")
+            raise CheckpointError(f"{path} has no {key!r} entry: the file is corrupt ({FALLBACK_HINT})")
+    _check_structure(path, meta)
     return meta
+
+
+def _check_structure(path: Path, meta: dict) -> None:
+    """The shapes of meta.json's entries: what a reader indexes cannot be missing or of the wrong type.
+
+    Every file a tensor piece lives in must be listed in `files`, so the size and sha256 checks
+    cover every byte that is read; every listed name is a plain file name inside the checkpoint.
+    """
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{path}: {what}; the file is corrupt ({FALLBACK_HINT})")
+
+    def count(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    need(count(meta["step"]), "'step' must be a non-negative integer")
+    files = meta["files"]
+    need(isinstance(files, dict) and len(files) > 0, "'files' must list at least one rank file (name: bytes, sha256)")
+    for name, record in files.items():
+        plain_name(name, where=path, error=CheckpointError)
+        need(name != META, f"'files' lists {META} itself")
+        need(isinstance(record, dict) and count(record.get("bytes")) and isinstance(record.get("sha256"), str)
+             and _SHA256.match(record["sha256"]) is not None, f"files[{name!r}] needs integer 'bytes' and a hex 'sha256'")
+    tensors = meta["tensors"]
+    need(isinstance(tensors, dict) and len(tensors) > 0, "'tensors' must index at least one tensor")
+    for name, entry in tensors.items():
+        need(isinstance(entry, dict) and isinstance(entry.get("shape"), list) and all(map(count, entry["shape"]))
+             and isinstance(entry.get("pieces"), list) and len(entry["pieces"]) > 0
+             and (entry.get("partition_dim") is None or (count(entry["partition_dim"])
+                                                         and entry["partition_dim"] < len(entry["shape"]))),
+             f"tensors[{name!r}] needs 'shape', 'partition_dim' and a non-empty 'pieces' list")
+        for piece in entry["pieces"]:
+            need(isinstance(piece, dict) and isinstance(piece.get("shape"), list) and all(map(count, piece["shape"]))
+                 and len(piece["shape"]) == len(entry["shape"]), f"a piece of tensors[{name!r}] has no valid 'shape'")
+            file = piece.get("file")
+            need(isinstance(file, str) and file in files,
+                 f"a piece of tensors[{name!r}] lives in {file!r}, which 'files' does not list (every file read "
+                 f"is checked against its recorded size and sha256)")
+    config = meta["config"]
+    need(isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict),
+         "'config' must hold the run's 'model' and 'train' sections")
+    need(isinstance(meta["layout"], dict) and all(count(meta["layout"].get(k)) for k in ("world", "tensor", "pipeline", "data")),
+         "'layout' needs integer world, tensor, pipeline and data")
+    need(isinstance(meta["trainer"], dict), "'trainer' must be an object")
+
+
+def member(ckpt: Path, name: str) -> Path:
+    """A file named by meta.json: a regular file inside `ckpt` (FileNotFoundError when absent)."""
+    return member_file(ckpt, name, where=ckpt / META, error=CheckpointError)
 
 
 def verify_file(ckpt: Path, name: str, record: dict, *, hashes: bool = True) -> None:
     """One rank file exists with its recorded size (catches truncation) and sha256 (any damage)."""
     f = ckpt / name
-    if not f.is_file():
-        raise CheckpointError(f"{f} is missing; the checkpoint is incomplete (use checkpoint.fallback=true to resume "
-                              f"from the previous one)")
+    try:
+        member(ckpt, name)
+    except FileNotFoundError:
+        raise CheckpointError(f"{f} is missing; the checkpoint is incomplete ({FALLBACK_HINT})") from None
     size = f.stat().st_size
     if size != record["bytes"]:
         raise CheckpointError(f"{f} has {size} bytes, meta.json records {record['bytes']}: the file is truncated or "
                               f"corrupt (use checkpoint.fallback=true to resume from the previous one)")
-    if hashes and record.get("sha256") and sha256(f) != record["sha256"]:
+    if hashes and sha256(f) != record["sha256"]:
         raise CheckpointError(f"{f} does not match the sha256 in meta.json: the file is corrupt (use "
                               f"checkpoint.fallback=true to resume from the previous one)")
 

@@ -5,7 +5,7 @@ that saved them, so a run saved at one (tensor, pipeline, data, ZeRO) layout res
 `load_weights` is the shared half: `model.init_from` sets Hugging Face weights through it.
 """
 
-import shutil
+import os
 from pathlib import Path
 
 import torch
@@ -92,12 +92,24 @@ def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, d
     """The checkpoint to resume from, agreed by every rank (a collective); None for a fresh run.
 
     The files' sha256 sums are checked in parallel (file i by rank i mod world). A damaged latest
-    checkpoint is an error naming the file, or, with `fallback`, is moved aside to `<name>.corrupt`
-    and the newest intact one before it is used.
+    checkpoint is an error naming the file, or, with `fallback`, that one step directory is moved
+    aside to `<name>.corrupt` (one log line) and the newest intact one before it is used. An
+    unreadable `latest` pointer is an error, or, with `fallback`, ignored (one log line): the
+    newest complete checkpoint is tried first. Nothing outside checkpoints/ is ever read or moved.
     """
     world = ctx.layout.world
+    root = fmt.checkpoints_dir(run_dir)
     skipped = False
-    for ckpt in fmt.candidates(run_dir):
+    try:
+        found = fmt.candidates(run_dir)
+    except CheckpointError as e:
+        if not fallback:
+            raise
+        if ctx.rank == 0:
+            logger.warning("checkpoint.fallback: %s; ignoring it and trying the complete checkpoints, newest first", e)
+        found, skipped = fmt.candidates(run_dir, ignore_latest=True), True
+    tried = bool(found) or os.path.lexists(root / fmt.LATEST)
+    for ckpt in found:
         problem = None
         meta = None
         try:
@@ -107,31 +119,32 @@ def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, d
         except CheckpointError as e:
             problem = str(e)
         problems = collectives.all_gather_object(problem)
-        found = next((p for p in problems if p), None)
-        if found is None:
+        bad = next((p for p in problems if p), None)
+        if bad is None:
             if skipped and ctx.rank == 0:
-                fmt.write_text_atomic(ckpt.parent / fmt.LATEST, ckpt.name + "\n")
+                fmt.write_text_atomic(root / fmt.LATEST, ckpt.name + "\n")
             return ckpt, meta
         if not fallback:
-            raise CheckpointError(found)
+            raise CheckpointError(bad)
         if ctx.rank == 0:
-            logger.warning("checkpoint.fallback: %s; trying the previous checkpoint", found)
-            _move_aside(ckpt)
+            moved = _move_aside(root, ckpt)
+            logger.warning("checkpoint.fallback: %s; %s, trying the previous checkpoint", bad,
+                           f"moved {ckpt.name} aside to {moved.name}" if moved else "nothing moved")
         skipped = True
         collectives.barrier()
-    if fmt.candidates(run_dir):
-        raise CheckpointError(f"no intact checkpoint left in {fmt.checkpoints_dir(run_dir)}; "
-                              f"start a new run.dir or restore the files")
+    if tried:
+        raise CheckpointError(f"no intact checkpoint left in {root}; start a new run.dir or restore the files")
     return None
 
 
-def _move_aside(ckpt: Path) -> None:
-    if not ckpt.is_dir():
-        return
+def _move_aside(root: Path, ckpt: Path) -> Path | None:
+    """Rename one step directory of `root` to `<name>.corrupt[N]` (never anything else); the new path."""
+    if ckpt.parent != root or fmt.step_of(ckpt) is None or ckpt.is_symlink() or not ckpt.is_dir():
+        return None
     target = ckpt.with_name(ckpt.name + ".corrupt")
     n = 1
-    while target.exists():
+    while os.path.lexists(target):
         n += 1
         target = ckpt.with_name(f"{ckpt.name}.corrupt{n}")
-    shutil.move(str(ckpt), str(target))
-    logger.warning("moved %s aside to %s", ckpt, target.name)
+    os.rename(ckpt, target)
+    return target

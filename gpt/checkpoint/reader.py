@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 
 from gpt.checkpoint import format as fmt
+from gpt.data.tokenizer import LOCATION_KEYS
 from gpt.errors import CheckpointError
 
 def tp_slice(full: torch.Tensor, dim: int | None, tp_rank: int, tp_size: int) -> torch.Tensor:
@@ -61,7 +62,12 @@ class TensorReader:
         if name not in self._open:
             path = self.ckpt / name
             try:
+                fmt.member(self.ckpt, name)  # inside the checkpoint, a regular file (a FIFO would block)
                 self._open[name] = safe_open(str(path), framework="pt")
+            except CheckpointError:
+                raise
+            except FileNotFoundError:
+                raise CheckpointError(f"{path} is missing; the checkpoint is incomplete ({fmt.FALLBACK_HINT})") from None
             except Exception as e:  # safetensors raises its own error types for bad headers
                 raise CheckpointError(f"{path} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
                                       f"use checkpoint.fallback=true to resume from the previous one") from None
@@ -125,7 +131,7 @@ def check_tokenizer(meta: dict, tokenizer, ckpt: Path, data_path: Path) -> None:
     if saved is None:
         return
     ours = tokenizer.to_dict()
-    keys = (saved.keys() & ours.keys()) - {"source", "file"}
+    keys = (saved.keys() & ours.keys()) - set(LOCATION_KEYS)
     diff = sorted(k for k in keys if saved[k] != ours[k])
     if diff:
         raise CheckpointError(f"{ckpt} was trained with tokenizer {saved}, but the shards in {data_path} use "

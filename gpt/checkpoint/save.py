@@ -16,6 +16,7 @@ from gpt import log
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint import zero_state
 from gpt.config.secrets import redact
+from gpt.errors import CheckpointError
 from gpt.peft import is_peft_name
 from gpt.parallel import collectives
 
@@ -150,11 +151,19 @@ def publish(tmp: Path, final: Path, meta: dict) -> None:
     fmt.write_text_atomic(final.parent / fmt.LATEST, final.name + "\n")
 
 
+def _pointer_or_none(root: Path, pointer: str) -> str | None:
+    """For pruning: an unreadable pointer protects nothing (it names no checkpoint) and must not fail a save."""
+    try:
+        return fmt.read_pointer(root, pointer)
+    except CheckpointError:
+        return None
+
+
 def prune(root: Path, keep_last: int, keep: tuple[str, ...] = ()) -> list[Path]:
     """Delete all but the newest `keep_last` checkpoints; never one named by `latest` or `best`."""
     if keep_last <= 0:
         return []
-    protected = set(keep) | {name for p in fmt.POINTERS if (name := fmt.read_pointer(root, p))}
+    protected = set(keep) | {name for p in fmt.POINTERS if (name := _pointer_or_none(root, p))}
     removed = []
     for old in fmt.complete_checkpoints(root)[:-keep_last]:
         if old.name not in protected:

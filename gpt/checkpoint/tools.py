@@ -5,10 +5,14 @@ import shutil
 import time
 from pathlib import Path
 
+from gpt import log
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint.reader import TensorReader
 from gpt.checkpoint.save import code_version, merge_index, write_rank_file
 from gpt.errors import CheckpointError, ConfigError
+from gpt.paths import refuse_overlap
+
+logger = log.get("checkpoint")
 
 
 def _find(path: str | Path, verify: bool) -> Path:
@@ -70,6 +74,7 @@ def convert(path: str | Path, output: str | Path, *, tensor: int, weights_only: 
     if tensor < 1:
         raise ConfigError(f"tensor={tensor} must be at least 1")
     out = Path(output)
+    refuse_overlap(out, [path, ckpt], input_key="checkpoint", error=ConfigError)
     if out.exists() and not overwrite:
         raise ConfigError(f"output={out} exists; choose another directory or set overwrite=true")
     reader = TensorReader(ckpt, meta)
@@ -95,9 +100,13 @@ def convert(path: str | Path, output: str | Path, *, tensor: int, weights_only: 
                            "moments": moments, "trainable": e.get("trainable", True)}
         gathered.append((r, write_rank_file(tmp / fmt.rank_file(r), tensors), index))
     files, merged = merge_index(gathered)
-    for extra in ckpt.iterdir():  # tokenizer files
-        if extra.is_file() and extra.name != fmt.META and extra.name not in meta["files"]:
-            shutil.copy2(extra, tmp / extra.name)
+    for extra in sorted(ckpt.iterdir()):  # tokenizer files
+        if extra.name == fmt.META or extra.name in meta["files"] or extra.is_dir():
+            continue
+        if extra.is_symlink() or not extra.is_file():  # a link's target may be anywhere: never copied
+            logger.warning("not copying %s: it is a symlink or not a regular file", extra)
+            continue
+        shutil.copy2(extra, tmp / extra.name)
     new = dict(meta, files=files, tensors=merged, rng=False, code=code_version(),
                saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                layout=dict(meta["layout"], world=tensor, tensor=tensor, pipeline=1, data=1),

@@ -121,6 +121,28 @@ class EvaluateConfig:
     """Batches to evaluate; null is one pass over the split."""
     device: str = "auto"
     """auto | cpu | cuda."""
+    tasks: List[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks (e.g. [hellaswag,arc_easy], or paths of task YAML files) to run instead of the validation loss; prints their metrics as one JSON line."""
+    tasks_path: Optional[str] = None
+    """A directory of lm-eval task YAML files (your own tasks, or local copies of the standard ones for offline clusters), searched before lm-eval's built-in tasks."""
+    limit: Optional[float] = None
+    """Examples per task (a fraction when below 1); null evaluates every example."""
+    num_fewshot: Optional[int] = None
+    """Few-shot examples per prompt; null uses each task's default."""
+    log_to_run: bool = False
+    """Also append the task results, at the checkpoint's step, to its run's metrics.jsonl, TensorBoard and W&B (as the run's config has them)."""
+
+
+@dataclass(kw_only=True)
+class PlotConfig:
+    """What gpt-plot composes from conf/plot.yaml."""
+
+    runs: List[str] = field(default_factory=list)
+    """run.dirs to draw, one line each (on the command line they are positional: gpt-plot runs/a runs/b)."""
+    output: str = "curves.png"
+    """The PNG to write."""
+    dpi: int = 100
+    """Resolution of the PNG (the figure is 16 x 7 inches)."""
 
 
 @dataclass(kw_only=True)

@@ -2,7 +2,14 @@
 
 from hydra.core.config_store import ConfigStore
 
-from gpt.config.commands import CheckpointToolConfig, EvaluateConfig, ExportConfig, GenerateConfig, PreprocessConfig
+from gpt.config.commands import (
+    CheckpointToolConfig,
+    EvaluateConfig,
+    ExportConfig,
+    GenerateConfig,
+    PlotConfig,
+    PreprocessConfig,
+)
 from gpt.config.finetune import FinetuneConfig
 from gpt.config.training import TrainingConfig
 
@@ -14,6 +21,7 @@ SCHEMAS = {
     "eval_schema": EvaluateConfig,
     "export_schema": ExportConfig,
     "checkpoint_schema": CheckpointToolConfig,
+    "plot_schema": PlotConfig,
 }
 
 # Command-line spellings that name another key: `gpt-finetune checkpoint=<path>` reads like gpt-eval,

@@ -114,6 +114,8 @@ class DataConfig:
     """Weighted mixture [[weight, path], ...] used instead of data.path."""
     verify: bool = False
     """Check every shard's sha256 at start-up (reads the whole corpus once); size, schema, version and counts are always checked."""
+    allow_changed: bool = False
+    """Resume even though the token shards differ from those the checkpoint was trained on (their metadata.json checksums); training continues at the same sample position of the new data."""
 
 
 @dataclass(kw_only=True)
@@ -162,6 +164,16 @@ class EvalConfig:
     """Global batches of validation data per evaluation (the same ones every time)."""
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     """Stop when validation loss stops improving; the best checkpoint is kept as `best`."""
+    tasks: List[str] = field(default_factory=list)
+    """lm-evaluation-harness tasks (e.g. [hellaswag,arc_easy], or task YAML files) to run on the training model every eval.tasks_every steps; metrics as <task>/<metric> records."""
+    tasks_every: int = 1000
+    """Run eval.tasks every this many steps (and at the last step)."""
+    tasks_limit: Optional[float] = None
+    """Examples per task (a fraction when below 1); null runs every example."""
+    tasks_path: Optional[str] = None
+    """A directory of lm-eval task YAML files, searched before lm-eval's built-in tasks (your own tasks, or local copies for offline clusters)."""
+    tasks_num_fewshot: Optional[int] = None
+    """Few-shot examples per prompt; null uses each task's default."""
 
 
 @dataclass(kw_only=True)
@@ -191,7 +203,9 @@ class WandbConfig:
 @dataclass(kw_only=True)
 class LoggingConfig:
     every: int = 10
-    """Print a progress line (loss, tokens/s, ETA) every this many steps."""
+    """Print a progress line (loss, tokens/s, ETA) every this many steps (TensorBoard is flushed as often)."""
+    tensorboard: bool = True
+    """Write every metrics record as TensorBoard scalars under run.dir/tensorboard (`tensorboard --logdir runs`)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
 

@@ -174,6 +174,17 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
            f"train.global_batch_size={t.global_batch_size} is not divisible by train.micro_batch_size*data_parallel="
            f"{t.micro_batch_size}*{dp}={per_step}; make it a multiple of {per_step}")
 
+    # Downstream tasks (lm-evaluation-harness).
+    if cfg.eval.tasks:
+        _check(cfg.eval.tasks_every >= 1, f"eval.tasks_every={cfg.eval.tasks_every} must be at least 1 when eval.tasks is set")
+        _check(cfg.eval.tasks_limit is None or cfg.eval.tasks_limit > 0,
+               f"eval.tasks_limit={cfg.eval.tasks_limit} must be positive (examples per task, or a fraction below 1)")
+        _check(p.pipeline == 1 and p.context == 1 and not p.sequence_parallel,
+               f"eval.tasks runs on the training model with parallel.pipeline=1, parallel.context=1 and without "
+               f"parallel.sequence_parallel only (here pipeline={p.pipeline}, context={p.context}, sequence_parallel="
+               f"{str(p.sequence_parallel).lower()}); evaluate the run's checkpoints with "
+               f"`gpt-eval checkpoint=<run.dir> tasks=[...]` instead")
+
     # Data.
     _check(bool(cfg.data.path) or bool(cfg.data.blend), "set data.path (token shards from gpt-preprocess) or data.blend")
     validate_blend(cfg.data.blend)
@@ -272,5 +283,7 @@ def validate_evaluate(cfg) -> None:
     _one_of("split", cfg.split, ("val", "all"))
     _check(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be at least 1")
     _check(cfg.iters is None or cfg.iters >= 1, f"iters={cfg.iters} must be at least 1, or null for one pass")
+    _check(cfg.limit is None or cfg.limit > 0,
+           f"limit={cfg.limit} must be positive (examples per task, or a fraction below 1), or null for every example")
     _one_of("device", cfg.device, ("auto", "cpu", "cuda"))
     validate_blend(cfg.data.blend)

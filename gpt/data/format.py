@@ -5,6 +5,7 @@ the readers (training, generation, external tools) cannot drift apart. docs/data
 documents the same format for users.
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -101,3 +102,14 @@ def _check_fields(path: Path, meta: dict) -> None:
              and isinstance(s.get("sha256"), str), f"shards[{i}] must have file, documents, tokens, bytes and sha256")
     need(sum(s["documents"] for s in shards) == meta["num_documents"], "shard document counts do not add up to num_documents")
     need(sum(s["tokens"] for s in shards) == meta["num_tokens"], "shard token counts do not add up to num_tokens")
+
+
+def fingerprint(meta: dict) -> str:
+    """A digest of what a shard directory holds, from its metadata.json alone (no shard is read):
+    the tokenizer (what defines it, not where its file was), the dtype and every shard's name,
+    counts, size and sha256. Shards rewritten by gpt-preprocess change it."""
+    from gpt.data.tokenizer import identity
+
+    shards = [{k: s.get(k) for k in ("file", "documents", "tokens", "bytes", "sha256")} for s in meta["shards"]]
+    body = {"tokenizer": identity(meta["tokenizer"]), "dtype": meta["dtype"], "shards": shards}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -22,6 +22,7 @@ from gpt.data.readers import read_piece
 from gpt.data.tokenizer import KINDS, ByteTokenizer, Tokenizer
 from gpt.data.writer import ShardWriter, atomic_output, check_output, metadata
 from gpt.errors import ConfigError, DataError
+from gpt.paths import refuse_overlap
 
 _log = log.get("data.preprocess")
 
@@ -31,6 +32,8 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _check_options(cfg)
     output = Path(os.path.expanduser(cfg.output))
     check_output(output, cfg.overwrite)  # before any work, not only when renaming
+    # The output replaces its directory (overwrite=true) or joins the next run's input: never an input.
+    refuse_overlap(output, _input_paths(cfg), input_key="input", error=ConfigError)
     if cfg.format == "sft":
         from gpt.data.sft import preprocess_sft
 
@@ -60,6 +63,25 @@ def preprocess(cfg: PreprocessConfig) -> dict:
     _log.info("wrote %d documents, %d tokens in %d shard(s) to %s", meta["num_documents"], meta["num_tokens"],
               len(meta["shards"]), output)
     return meta
+
+
+def _input_paths(cfg: PreprocessConfig) -> List[str]:
+    """What input= (and an hf tokenizer.path) name on disk: paths, the matches of globs, the stdlib directory."""
+    import glob
+    import sysconfig
+
+    specs = cfg.input if isinstance(cfg.input, (list, tuple)) else [cfg.input]
+    found: List[str] = []
+    for spec in (str(s) for s in specs if s not in (None, "")):
+        if spec == "stdlib":
+            found.append(sysconfig.get_paths()["stdlib"])
+        elif any(c in spec for c in "*?["):
+            found.extend(glob.glob(os.path.expanduser(spec), recursive=True))
+        else:
+            found.append(spec)
+    if cfg.tokenizer.kind == "hf" and cfg.tokenizer.path:
+        found.append(str(cfg.tokenizer.path))
+    return found
 
 
 def _check_options(cfg: PreprocessConfig) -> None:

@@ -13,6 +13,8 @@ import numpy as np
 from gpt.errors import DataError
 
 KINDS = ("byte", "bpe", "hf", "tiktoken")
+LOCATION_KEYS = ("source", "file")
+"""Keys of a tokenizer's record that say where its files were read from, not what it is."""
 
 
 class Tokenizer:
@@ -51,6 +53,12 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.to_dict()})"
+
+
+def identity(d: dict) -> dict:
+    """What defines a tokenizer, from its record: kind, sizes, special tokens and, for a tokenizer.json, the
+    sha256 of its content; not where it was read from (the same tokenizer beside shards and in a checkpoint)."""
+    return {k: v for k, v in d.items() if k not in LOCATION_KEYS}
 
 
 def as_id_array(ids) -> np.ndarray:
@@ -96,7 +104,7 @@ def tokenizer_from_dict(d: dict, base_dir) -> Tokenizer:
     elif kind in ("bpe", "hf"):
         from gpt.data.hf_tokenizer import HFTokenizer
 
-        tok = HFTokenizer.from_file(Path(base_dir) / d.get("file", "tokenizer.json"), kind=kind,
+        tok = HFTokenizer.from_file(_tokenizer_file(Path(base_dir), d.get("file", "tokenizer.json")), kind=kind,
                                     eod_token=d.get("eod_token"))
     else:
         from gpt.data.tiktoken_tokenizer import TiktokenTokenizer
@@ -107,6 +115,16 @@ def tokenizer_from_dict(d: dict, base_dir) -> Tokenizer:
             raise DataError(f"the {kind} tokenizer rebuilt from {base_dir} has {key}={getattr(tok, key, None)}, "
                             f"but its metadata says {d[key]}; the tokenizer files do not belong to these shards")
     return tok
+
+
+def _tokenizer_file(base_dir: Path, name) -> Path:
+    """The tokenizer file a record names: a regular file inside base_dir, never a path out of it."""
+    from gpt.paths import member_file
+
+    try:
+        return member_file(base_dir, name, where=f"the tokenizer record of {base_dir}", error=DataError)
+    except FileNotFoundError:
+        return base_dir / name  # HFTokenizer.from_file says it is missing
 
 
 def load_tokenizer(shard_dir) -> Tokenizer:

@@ -46,6 +46,31 @@ def count_parameters(module: torch.nn.Module, ctx: ParallelContext) -> Parameter
     return ParameterCounts(int(counts[0]), int(counts[1]), int(mine[0]))
 
 
+@dataclass(frozen=True)
+class Zero3Partitioning:
+    """How ZeRO-3 holds this rank's parameter tensors: split over the data ranks, or kept whole on
+    every rank (DeepSpeed keeps tensors of at most stage3_param_persistence_threshold elements whole)."""
+
+    partitioned: int
+    total: int
+    data: int
+    threshold: int
+
+    def describe(self) -> str:
+        return (f"ZeRO-3 partitions {self.partitioned} of {self.total} parameter tensors over {self.data} data "
+                f"rank(s); {self.total - self.partitioned} kept whole on every rank (those of at most "
+                f"deepspeed.zero_optimization.stage3_param_persistence_threshold={self.threshold} elements)")
+
+
+def zero3_partitioning(ds, data: int) -> Zero3Partitioning | None:
+    """None unless DeepSpeed runs ZeRO stage 3; `ds_persist` marks the tensors it keeps whole."""
+    if ds.zero_optimization_stage() != 3:
+        return None
+    params = [p for p in ds.module.parameters() if hasattr(p, "ds_id")]
+    whole = sum(1 for p in params if getattr(p, "ds_persist", False))
+    return Zero3Partitioning(len(params) - whole, len(params), data, int(ds.zero_param_persistence_threshold()))
+
+
 @dataclass
 class StepResult:
     """One optimizer step's figures as the engine left them: tensors still on the device where it can.
@@ -76,6 +101,7 @@ class TrainEngine:
         self.ctx = ctx
         self.cfg = cfg
         self.counts = counts
+        self.zero3 = zero3_partitioning(ds, ctx.layout.data)
 
     @property
     def optimizer(self):
@@ -174,6 +200,19 @@ class DenseEngine(TrainEngine):
             total += self._micro_loss(b).float()
         self.ds.train()
         return float(self._mean_over_dp(total / len(micro_batches)))
+
+    @torch.no_grad()
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(b, t) ids -> (b, t, v / tensor) this tensor rank's slice of the vocabulary's logits (eval mode).
+
+        Every rank of the model's tensor group (and, under ZeRO-3, of its data group) must call it
+        with the same tokens: the forward's collectives run over them.
+        """
+        self.ds.eval()
+        try:
+            return self.ds(tokens.to(self.ctx.device))
+        finally:
+            self.ds.train()
 
     def _mean_over_dp(self, value: torch.Tensor) -> torch.Tensor:
         n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples

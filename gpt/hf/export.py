@@ -26,6 +26,7 @@ from gpt.hf.files import write_weights
 from gpt.hf.peft_export import ADAPTER_CONFIG, ADAPTER_WEIGHTS, GPT_PEFT, lora_to_peft
 from gpt.hf.tokenizer import export_tokenizer
 from gpt.hf.weights import to_hf
+from gpt.paths import refuse_overlap
 from gpt.peft import is_peft_name, merge_lora_state
 
 logger = log.get("export")
@@ -67,6 +68,8 @@ def export_hf(checkpoint: str | Path, output: str | Path, *, dtype: str = "fp32"
     if ckpt is None:
         raise CheckpointError(f"no checkpoint under {checkpoint} (expected a run.dir with checkpoints/, or a checkpoint directory)")
     meta = fmt.read_meta(ckpt)
+    # overwrite=true replaces the output: it must not be, hold or sit inside what is being exported.
+    refuse_overlap(output, [checkpoint, ckpt], input_key="checkpoint", error=ConfigError)
     m = meta["config"]["model"]
     family(m)  # fails early, before any file is written, for models with no HF class
     if meta.get("tokenizer") is None:

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from gpt.checkpoint.format import make_readable
 from gpt.errors import ConfigError
+from gpt.paths import member_file, plain_name
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -39,13 +40,21 @@ class HFWeights:
     def _index(self, name: str) -> dict[str, str]:
         path = self.dir / name
         try:
-            return dict(json.loads(path.read_text())["weight_map"])
+            member_file(self.dir, name, where=self.dir, error=ConfigError)  # a FIFO would block read_text
+            weight_map = dict(json.loads(path.read_text())["weight_map"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path} is not a valid weight index ({e})") from None
+        for file in weight_map.values():  # names only here; each file is stat-checked when first opened
+            plain_name(file, where=f"{path} (weight_map)", error=ConfigError)
+        return weight_map
 
     def _file(self, name: str):
         if name not in self._open:
             path = self.dir / name
+            try:
+                member_file(self.dir, name, where=f"the weights of {self.dir}", error=ConfigError)  # inside, regular
+            except FileNotFoundError:
+                raise ConfigError(f"{path} is missing (named by the weight index of {self.dir})") from None
             try:
                 if name.endswith(".safetensors"):
                     self._open[name] = safe_open(str(path), framework="pt")

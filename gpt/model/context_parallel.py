@@ -16,6 +16,7 @@ gpt/parallel/collectives.py.
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch.nn.attention.bias import causal_lower_right
 
 from gpt.parallel import collectives
@@ -84,6 +85,11 @@ class ContextParallelAttention:
         """Causal attention of the local queries over the whole sequence (training: no cache, no mask)."""
         if attn_mask is not None or not is_causal:
             raise ValueError("context-parallel attention is causal self-attention over whole sequences (no KV cache)")
+        # Recomputed in backward (the gather included) rather than kept: only the local q, k, v are
+        # saved, not the whole sequence's keys and values of every layer.
+        return torch.utils.checkpoint.checkpoint(self._attend, q, k, v, dropout_p, enable_gqa, use_reentrant=False)
+
+    def _attend(self, q, k, v, dropout_p: float, enable_gqa: bool) -> torch.Tensor:
         k_all = _GatherSequence.apply(k, self.group, self.cp_size)  # (b, nkv, T, hd)
         v_all = _GatherSequence.apply(v, self.group, self.cp_size)
         c = q.shape[2] // 2

@@ -101,12 +101,33 @@ class SequenceScatter(nn.Module):
         return _Scatter.apply(x, self.group)
 
 
+class _GatherLinear(torch.autograd.Function):
+    """y = all-gather_seq(x) W^T (+ b), keeping only this rank's x for backward (Megatron's trick:
+    the gathered input is all-gathered again in backward rather than kept, or sequence parallelism
+    would save the whole sequence's input of every column-parallel linear)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, group):
+        ctx.group, ctx.has_bias = group, bias is not None
+        ctx.save_for_backward(x, weight)
+        return F.linear(collectives.all_gather(x, group=group, dim=SEQ), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: (b, t, n_out/p)
+        x, weight = ctx.saved_tensors
+        full = collectives.all_gather(x, group=ctx.group, dim=SEQ)  # (b, t, n_in)
+        grad_x = collectives.reduce_scatter((grad @ weight).contiguous(), group=ctx.group, dim=SEQ)
+        grad_w = grad.reshape(-1, grad.shape[-1]).t() @ full.reshape(-1, full.shape[-1])
+        grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.has_bias else None
+        return grad_x, grad_w, grad_b, None
+
+
 class SequenceParallelColumn(ColumnParallelLinear):
     """y[b, t, n_out/p] = all-gather_seq(x[b, t/p, n_in]) W_p^T (+ b_p)."""
 
     def forward(self, input_, weight=None, runtime_gather_output=None):
         weight = self.weight if weight is None else weight
-        return F.linear(_Gather.apply(input_, self.tp_group), weight, self.bias), None
+        return _GatherLinear.apply(input_, weight, self.bias, self.tp_group), None
 
 
 class SequenceParallelRow(RowParallelLinear):

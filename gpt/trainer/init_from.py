@@ -35,9 +35,19 @@ def base_checkpoint(path, *, verify: bool = True) -> tuple[Path, dict]:
     return ckpt, fmt.read_meta(ckpt)
 
 
+def _own_checkpoints(cfg) -> list[Path]:
+    """The run's own checkpoints to resume from (an unreadable `latest` is skipped with checkpoint.fallback)."""
+    try:
+        return fmt.candidates(cfg.run.dir)
+    except CheckpointError:
+        if not cfg.checkpoint.fallback:
+            raise
+        return fmt.candidates(cfg.run.dir, ignore_latest=True)
+
+
 def apply_architecture(cfg) -> None:
     """Set cfg.model's architecture keys from the run's own checkpoint (a resume) or model.init_from."""
-    for ckpt in fmt.candidates(cfg.run.dir):
+    for ckpt in _own_checkpoints(cfg):
         try:
             saved = fmt.read_meta(ckpt)["config"]["model"]
         except CheckpointError:
@@ -74,7 +84,7 @@ def prepare(cfg, data_path: Path) -> None:
     """The architecture (see apply_architecture), and for a fresh run a check that the source's
     tokenizer is the data's and that its weights can start this run; before any process group."""
     apply_architecture(cfg)
-    if fmt.candidates(cfg.run.dir):
+    if _own_checkpoints(cfg):
         return  # a resume: checked against the run's own checkpoint
     from gpt.data import load_tokenizer
 

@@ -1,8 +1,16 @@
-"""The training loop: step, log, evaluate, checkpoint, stop. Setup lives in `session.py`."""
+"""The training loop: step, log, evaluate, checkpoint, stop. Setup lives in `session.py`.
+
+Stopping on time: a stop signal (SIGTERM, SIGUSR1, a first Ctrl-C; see signals.py) is agreed by
+every rank after each training step, before each evaluation batch and after each save, so the
+run stops at the next of those boundaries, saves once (not again if it has just saved) and exits:
+from signal to exit takes at most one training step (or one evaluation batch) plus one save.
+"""
 
 import math
 import time
 from dataclasses import dataclass, field
+
+from safetensors import SafetensorError
 
 from gpt import log
 from gpt.checkpoint import format as ckpt_format
@@ -11,12 +19,13 @@ from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import StepResult, TrainEngine, compiles
 from gpt.engine.optim import lr_at
-from gpt.errors import TrainingError
+from gpt.errors import CheckpointError, GptError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.prefetch import Prefetcher
 from gpt.trainer.progress import Progress
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
+from gpt.trainer.tensorboard import TensorBoardSink
 
 logger = log.get("train")
 
@@ -40,6 +49,9 @@ class Session:
     pending: list = field(default_factory=list)  # PendingStep: stepped, not yet read back from the device
     window_start: float | None = None  # when the first pending step started
     steps_run: int = 0  # optimizer steps this process has taken
+    tensorboard: TensorBoardSink | None = None
+    task_manager: object = None  # lm-eval's TaskManager for eval.tasks (built before the process groups)
+    harness: object = None  # the lm-eval LM over the training model, made on first use
 
     @property
     def ctx(self):
@@ -50,6 +62,8 @@ class Session:
             self.prefetch.close()
         self.metrics.close()
         self.wandb.finish()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
 
 
 @dataclass
@@ -60,19 +74,74 @@ class PendingStep:
     data_time: float  # seconds this step waited for its batches
 
 
-def evaluate(s: Session) -> float:
-    """Mean validation loss over eval.iters global batches (the same batches every time)."""
+def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
+    """Mean validation loss over eval.iters global batches (the same batches every time).
+
+    None when a stop signal arrived: every rank checks it (agreed) before each batch, so a
+    preempted job stops after the batch in flight instead of finishing the evaluation.
+    """
     gbs = s.cfg.train.global_batch_size
-    losses = [s.engine.eval_loss(s.val_data.global_batch(k * gbs)) for k in range(s.cfg.eval.iters)]
+    losses = []
+    for k in range(s.cfg.eval.iters):
+        if stop is not None and stop.agreed(s.ctx.device):
+            return None
+        losses.append(s.engine.eval_loss(s.val_data.global_batch(k * gbs)))
     return sum(losses) / len(losses)
 
 
+# What a failed write raises: the OS (a full disk, a quota, a file size limit), or safetensors' own
+# error wrapping the OS error of a tensor file.
+WRITE_ERRORS = (OSError, SafetensorError)
+
+
 def save(s: Session) -> None:
+    """Checkpoint this step. A failed write (a full disk) is one line saying what is kept: the
+    previous checkpoints are untouched (a save only becomes visible when complete)."""
     read_steps(s)  # the trainer state (skipped steps) must include every step taken
     best = s.state.best_step
-    save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                    tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
-                    keep=(ckpt_format.step_dir_name(best),) if best else (), sft_template=s.train_data.sft_template)
+    try:
+        save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
+                        tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                        keep=(ckpt_format.step_dir_name(best),) if best else (), sft_template=s.train_data.sft_template)
+    except WRITE_ERRORS as e:
+        raise CheckpointError(save_failed(s, e)) from None
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError):
+        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+def _kept(s: Session) -> str:
+    """What a re-run resumes from, and how far metrics.jsonl goes."""
+    root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
+    try:
+        latest = ckpt_format.read_pointer(root, ckpt_format.LATEST)
+    except GptError:
+        latest = None
+    kept = f"kept: {root / latest} (a re-run resumes from it)" if latest else "no earlier checkpoint exists"
+    if s.metrics is not None and s.metrics.enabled:
+        kept += f", {s.metrics.path} up to step {s.metrics.last_step}"
+    return kept
+
+
+def write_best(s: Session, step: int) -> None:
+    try:
+        ckpt_format.write_pointer(s.cfg.run.dir, ckpt_format.BEST, step)
+    except OSError as e:
+        root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
+        raise CheckpointError(f"writing {root / ckpt_format.BEST} failed ({_why(e)}); checkpoint step {step} itself "
+                              f"is saved ({root / ckpt_format.LATEST} names it); free space, then re-run the same "
+                              f"command") from None
+
+
+def save_failed(s: Session, e: BaseException) -> str:
+    root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
+    also = f"; writing {s.metrics.path} had failed too ({_why(s.metrics.failed)})" \
+        if s.metrics is not None and s.metrics.failed is not None else ""
+    return (f"saving checkpoint {root / ckpt_format.step_dir_name(s.state.step)} failed ({_why(e)}){also}; "
+            f"{_kept(s)}; free space or fix {root}, then re-run the same command")
 
 
 def materialize_optimizer_state(s: Session) -> None:
@@ -85,11 +154,16 @@ def materialize_optimizer_state(s: Session) -> None:
 def _record(s: Session, record: dict) -> None:
     s.metrics.write(record)
     s.wandb.log(record)
+    if s.tensorboard is not None:
+        s.tensorboard.log(record)
 
 
-def run_eval(s: Session) -> float:
+def run_eval(s: Session, stop: StopRequest | None = None) -> float | None:
+    """Evaluate, record, update the best/early-stopping state; None (nothing changed) if a stop signal cut it short."""
     t0 = time.perf_counter()
-    val = evaluate(s)
+    val = evaluate(s, stop)
+    if val is None:
+        return None
     st = s.state
     if st.best_val_loss is None or val < st.best_val_loss - s.cfg.eval.early_stopping.min_delta:
         st.best_val_loss, st.best_step, st.evals_without_improvement = val, st.step, 0
@@ -100,6 +174,29 @@ def run_eval(s: Session) -> float:
     if s.ctx.is_logging_rank:
         logger.info("step %d | val loss %.4f | val ppl %.2f", st.step, val, math.exp(min(val, 50.0)))
     return val
+
+
+def run_tasks(s: Session) -> dict:
+    """eval.tasks through lm-evaluation-harness on the training model. Every rank runs the same requests
+    (the forward's tensor-parallel / ZeRO-3 collectives need them all); the logging rank records."""
+    # imports lm_eval (seconds): only runs with eval.tasks pay for it
+    from gpt.generation import harness
+
+    cfg, ctx = s.cfg, s.ctx
+    if s.harness is None:
+        backend = harness.Backend(forward=s.engine.logits, vocab_size=s.tokenizer.vocab_size, device=ctx.device,
+                                  tp_rank=ctx.tp_rank, tp_group=ctx.tp_group)
+        s.harness = harness.GptLM(backend, s.tokenizer, max_length=cfg.train.seq_len,
+                                  batch_size=cfg.train.micro_batch_size)
+    t0 = time.perf_counter()
+    metrics = harness.evaluate_tasks(s.harness, cfg.eval.tasks, limit=cfg.eval.tasks_limit,
+                                     num_fewshot=cfg.eval.tasks_num_fewshot, manager=s.task_manager)
+    record = {"step": s.state.step, **metrics, "tasks_time_s": round(time.perf_counter() - t0, 3)}
+    _record(s, record)
+    if ctx.is_logging_rank:
+        logger.info("step %d | %s", s.state.step, " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                                                            if not k.endswith("_stderr")))
+    return record
 
 
 def is_bad(loss: float, skipped: bool, precision: str) -> bool:
@@ -134,11 +231,13 @@ def train_step(s: Session) -> None:
 
 
 def reading_due(s: Session, step: int) -> bool:
-    """Read the device every logging.every steps (every step with 0), and before evaluating, saving or stopping."""
+    """Read the device every logging.every steps (every step with 0), and before evaluating (loss or
+    tasks), saving or stopping, so that metrics.jsonl stays in step order."""
     cfg, every = s.cfg, s.cfg.logging.every
     return (not every or step % every == 0 or step >= min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
             or bool(cfg.eval.every and step % cfg.eval.every == 0)
-            or bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0))
+            or bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+            or bool(cfg.eval.tasks and step % cfg.eval.tasks_every == 0))
 
 
 def read_steps(s: Session) -> list[dict]:
@@ -179,6 +278,9 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
+    if stop.agreed(s.ctx.device):  # a signal during setup: nothing new to save
+        logger.info("stopped by signal before step %d; nothing new to save", st.step + 1)
+        return st
     while st.step < last:
         train_step(s)
         step = st.step
@@ -187,8 +289,9 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
                             f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
-        stopping, diverged = stop.agreed_with(s.ctx.device, diverged)
-        if stopping or diverged:  # no evaluation first: a preempted job's seconds are counted
+        # One all-reduce carries every decision all ranks must take together after a step.
+        stopping, diverged, lost_metrics = stop.agreed_with(s.ctx.device, diverged, s.metrics.failed is not None)
+        if stopping or diverged or lost_metrics:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
             if diverged:
                 raise TrainingError(
@@ -196,23 +299,41 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
                     f"{step - st.bad_steps_in_row + 1}-{step}, train.max_bad_steps={t.max_bad_steps}); their updates "
                     f"were skipped and checkpoint step {step} holds the weights of step {step - st.bad_steps_in_row}. "
                     f"Lower optim.lr or check the data, then re-run to resume")
+            if lost_metrics:
+                raise TrainingError(metrics_failed(s))
             logger.info("stopped by signal after step %d; checkpoint saved", step)
             return st
         improved = early_stop = False
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
-            run_eval(s)
+            if run_eval(s, stop) is None:  # a stop signal during the evaluation: save this step, once
+                save(s)
+                logger.info("stopped by signal during the evaluation after step %d; checkpoint saved", step)
+                return st
             patience = cfg.eval.early_stopping.patience
             improved = bool(patience) and st.best_step == step  # keep the best as `best` when early stopping
             early_stop = bool(patience) and st.evals_without_improvement >= patience
+        if cfg.eval.tasks and (step % cfg.eval.tasks_every == 0 or step == t.steps):
+            run_tasks(s)
         if early_stop or improved or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
             save(s)
             saved_at = step
             if improved and s.ctx.is_logging_rank:
-                ckpt_format.write_pointer(cfg.run.dir, ckpt_format.BEST, step)
+                write_best(s, step)
+            if step < last and not early_stop and stop.agreed(s.ctx.device):  # a signal during the save
+                logger.info("stopped by signal after step %d; checkpoint saved", step)
+                return st
         if early_stop:
             logger.info("early stopping after step %d: no improvement over val loss %.4f (step %d) for %d evaluations",
                         step, st.best_val_loss, st.best_step, st.evals_without_improvement)
             break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
+    if s.metrics.failed is not None:  # the last step's record (or an evaluation's) was lost
+        raise TrainingError(metrics_failed(s))
     return st
+
+
+def metrics_failed(s: Session) -> str:
+    return (f"writing {s.metrics.path} failed at step {s.metrics.failed_step} ({_why(s.metrics.failed)}), so training "
+            f"stopped after saving checkpoint {ckpt_format.checkpoints_dir(s.cfg.run.dir) / ckpt_format.step_dir_name(s.state.step)}; "
+            f"{s.metrics.path} holds steps up to {s.metrics.last_step}; free space, then re-run the same command to resume")

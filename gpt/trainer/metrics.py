@@ -1,7 +1,8 @@
 """Where metrics go: run.dir/metrics.jsonl (always) and Weights & Biases (offline unless told otherwise).
 
 Only the logging rank writes. On resume the file is cut back to the resumed step, so it always
-describes one continuous run.
+describes one continuous run. A failed write (a full disk) never raises out of a training step:
+`failed` records it and the loop saves a checkpoint, then stops with one line.
 """
 
 import json
@@ -10,6 +11,7 @@ import os
 from pathlib import Path
 
 from gpt import log
+from gpt.errors import TrainingError
 
 logger = log.get("metrics")
 
@@ -23,10 +25,20 @@ class MetricsLog:
     def __init__(self, run_dir: str | Path, *, enabled: bool, resume_step: int = 0):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.failed: OSError | None = None
+        """The error of the first write that failed (nothing is written after it)."""
+        self.failed_step: int | None = None
+        self.last_step = resume_step
+        """The last step whose records are in the file."""
+        self._fd: int | None = None
         if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._truncate_after(resume_step)
-            self._file = open(self.path, "a", buffering=1)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._truncate_after(resume_step)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise TrainingError(f"cannot write {self.path} ({e.strerror or e}) before step {resume_step + 1}; "
+                                    f"nothing was lost: free space or fix run.dir, then re-run the same command") from None
 
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
@@ -39,16 +51,39 @@ class MetricsLog:
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(k + "\n" for k in kept))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text("".join(k + "\n" for k in kept))
+            os.replace(tmp, self.path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write(self, record: dict) -> None:
-        if self.enabled:
-            self._file.write(json.dumps(_clean(record)) + "\n")
+        """Append one whole line (unbuffered: in the file when this returns); a failure is kept in
+        `failed` and its partial line cut off again, so the file only ever holds complete records."""
+        if not self.enabled or self.failed is not None:
+            return
+        data = (json.dumps(_clean(record)) + "\n").encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            done = 0
+            while done < len(data):  # a short write (the disk filled up mid-line) is retried: the OS then says why
+                done += os.write(self._fd, data[done:])
+        except OSError as e:
+            try:
+                os.ftruncate(self._fd, size)  # frees space, needs none
+            except OSError:
+                pass
+            self.failed, self.failed_step = e, record.get("step")
+            logger.warning("cannot write %s at step %s (%s); saving a checkpoint, then stopping",
+                           self.path, self.failed_step, e.strerror or e)
+            return
+        self.last_step = record.get("step", self.last_step)
 
     def close(self) -> None:
-        if self.enabled:
-            self._file.close()
+        if self.enabled and self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class WandbSink:

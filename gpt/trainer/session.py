@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import signal
 from pathlib import Path
 
 import torch
@@ -17,21 +18,23 @@ from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
 from gpt.data import build_loaders, load_tokenizer, read_metadata
+from gpt.data.format import fingerprint
 from gpt.engine import memory
 from gpt.engine.deepspeed_config import bf16_autocast, deepspeed_zero_stage
 from gpt.engine.engine import build_engine, compiles
 from gpt.engine.pipeline import blocks_per_stage
-from gpt.errors import CheckpointError
+from gpt.errors import CheckpointError, TrainingError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
 from gpt.parallel.device import check_precision, cuda_settings
 from gpt.parallel.peak import job_peak
-from gpt.trainer import init_from
+from gpt.trainer import init_from, run_lock
 from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
 from gpt.trainer.state import TrainerState
+from gpt.trainer.tensorboard import TensorBoardSink
 
 logger = log.get("train")
 
@@ -41,6 +44,41 @@ def data_dir(cfg: TrainingConfig) -> Path:
     if cfg.data.blend:
         return Path(str(cfg.data.blend[0][1]))
     return Path(cfg.data.path)
+
+
+def data_fingerprint(cfg: TrainingConfig) -> dict:
+    """What the run trains on, by content: each shard directory's fingerprint (its metadata.json only)."""
+    train = [str(p) for _, p in cfg.data.blend] if cfg.data.blend else [str(cfg.data.path)]
+    found = {"train": [{"path": p, "sha256": fingerprint(read_metadata(p))} for p in train]}
+    if cfg.data.val_path:
+        found["val"] = {"path": str(cfg.data.val_path), "sha256": fingerprint(read_metadata(cfg.data.val_path))}
+    return found
+
+
+def check_data(saved: dict | None, now: dict, cfg: TrainingConfig, ckpt: Path, consumed: int) -> None:
+    """A resume continues at sample `consumed` of the data it was trained on: refuse other shards in one
+    line (same paths rewritten, or other paths), unless data.allow_changed."""
+    if not saved:  # a checkpoint from before fingerprints
+        return
+
+    def digests(d):
+        return [e.get("sha256") for e in d.get("train", [])], (d.get("val") or {}).get("sha256")
+
+    if digests(saved) == digests(now):
+        return
+    old_train, new_train = digests(saved)[0], digests(now)[0]
+    if old_train != new_train:
+        changed = next((e["path"] for i, e in enumerate(now["train"])
+                        if i >= len(old_train) or old_train[i] != e["sha256"]), now["train"][-1]["path"])
+        what = f"the token shards in {changed} are not those it was trained on"
+    else:
+        what = f"the validation shards in {now.get('val', {}).get('path')} are not those it was evaluated on"
+    if cfg.data.allow_changed:
+        logger.warning("data.allow_changed=true: %s (%s); continuing at sample %d of the new data", what, ckpt, consumed)
+        return
+    raise CheckpointError(f"{ckpt}: {what} (their metadata.json checksums differ), so resuming would continue at "
+                          f"sample {consumed} of different data; restore the data, set data.allow_changed=true to go "
+                          f"on with the new data anyway, or start a new run.dir")
 
 
 def config_dict(cfg: TrainingConfig) -> dict:
@@ -54,8 +92,12 @@ def _write_config(cdict: dict, run_dir: Path) -> None:
     from gpt.checkpoint.format import write_text_atomic
     from gpt.config.loader import to_yaml
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", to_yaml(cdict))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", to_yaml(cdict))
+    except OSError as e:
+        raise TrainingError(f"cannot write {run_dir / 'config.yaml'} ({e.strerror or e}) before the first step; "
+                            f"nothing was lost: free space or fix run.dir, then re-run the same command") from None
 
 
 def pretrain(cfg: TrainingConfig) -> int:
@@ -67,16 +109,31 @@ def pretrain(cfg: TrainingConfig) -> int:
     check_precision(cfg.device, cfg.train.precision)  # what this machine's kernels allow
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     check_memory(cfg, shape, layout)
+    tasks = None
+    if cfg.eval.tasks:  # unknown task names fail here, before any process group
+        from gpt.generation.harness import task_manager
+
+        tasks = task_manager(cfg.eval.tasks, cfg.eval.tasks_path)
     stop = StopRequest().install()
     ctx = parallel.initialize(layout, cfg.device)
+    lock = None
     try:
+        lock = run_lock.acquire(cfg.run.dir, ctx)  # one live job per run.dir, before anything is written there
         session = open_session(cfg, ctx, shape)
+        session.task_manager = tasks
         try:
             train(session, stop)
         finally:
             session.close()
+        if stop.interrupted:
+            if ctx.is_logging_rank:
+                logger.info("interrupted (Ctrl-C) at step %d, checkpoint saved: the same command resumes",
+                            session.state.step)
+            return 128 + signal.SIGINT
         return 0
     finally:
+        if lock is not None:
+            lock.release()
         stop.restore()
         parallel.destroy()
 
@@ -117,7 +174,8 @@ def resume(session: Session, shape) -> None:
         check_architecture(meta, session.config_dict["model"], ckpt)
         check_tokenizer(meta, session.tokenizer, ckpt, data_dir(cfg))
         check_peft(meta, cfg, ckpt)
-        session.state = TrainerState.from_dict(meta["trainer"])
+        check_data(meta["trainer"].get("data"), session.state.data, cfg, ckpt, meta["trainer"].get("consumed_samples", 0))
+        session.state = TrainerState.from_dict({**meta["trainer"], "data": session.state.data})
         session.state.bad_steps_in_row = 0  # a resume after a divergence gets train.max_bad_steps fresh tries
         load_checkpoint(engine, ckpt, meta=meta, materialize=lambda: materialize_optimizer_state(session))
         if ctx.is_logging_rank:
@@ -157,7 +215,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     tokenizer = load_tokenizer(data_dir(cfg))
     engine = build_engine(cfg, ctx, shape)
     cdict = config_dict(cfg)
-    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(), None, None)
+    session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(data=data_fingerprint(cfg)),
+                      None, None)
 
     resume(session, shape)
     writes = ctx.is_logging_rank and log_to_run_dir
@@ -167,15 +226,19 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     session.flops_per_token = flops_per_token(cfg.model, shape.vocab_size, shape.ffn_hidden, cfg.train.seq_len)
     session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
-        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts)
+        _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts,
+                engine.zero3)
     session.metrics = MetricsLog(run_dir, enabled=writes, resume_step=session.state.step)
     session.wandb = WandbSink(cfg.logging.wandb, enabled=writes, run_dir=run_dir, config=cdict,
                               run_id=session.state.wandb_id)
     session.state.wandb_id = session.wandb.run_id or session.state.wandb_id
+    session.tensorboard = TensorBoardSink(run_dir, enabled=writes and cfg.logging.tensorboard,
+                                          resume_step=session.state.step, flush_every=cfg.logging.every)
     return session
 
 
-def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str, counts) -> None:
+def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, peak_source: str, counts,
+            zero3=None) -> None:
     """What a user checks before burning GPU hours: size, cost per token, layout, memory, peak."""
     layout = ctx.layout
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
@@ -194,6 +257,12 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
                 "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
                 "torch.compile of the blocks" if compiles(cfg, ctx.device) else "no torch.compile", ctx.device,
                 ctx.backend)
+    if zero3 is not None:
+        if zero3.partitioned == 0 and layout.data > 1:
+            logger.warning("%s: nothing is partitioned; for a model this small set "
+                           "+deepspeed.zero_optimization.stage3_param_persistence_threshold=0", zero3.describe())
+        else:
+            logger.info("%s", zero3.describe())
     frozen = counts.trainable < counts.total
     mem = memory.estimate(cfg, shape, layout, counts.busiest_rank_trainable if frozen else None)
     hb = memory.human_bytes

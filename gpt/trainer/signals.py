@@ -1,10 +1,17 @@
-"""SIGTERM / SIGUSR1: finish the current step, save, exit 0 (SLURM preemption and time limits).
+"""SIGTERM / SIGUSR1 / a first Ctrl-C: finish the current step, save, exit (preemption, time limits, a user).
 
-The handler only sets a flag; after every step all ranks agree on it (a max all-reduce of one
-integer), so every rank stops after the same step and the save is a proper collective.
+The handler only sets a flag; all ranks agree on it (a max all-reduce of one integer) after every
+step, before every evaluation batch and after every save (loop.py), so every rank stops at the same
+boundary and the save is a proper collective. SIGTERM and SIGUSR1 then exit 0 (what SLURM expects of
+a preempted step); Ctrl-C exits 130, as an interrupted command does.
+
+A second Ctrl-C, at least REPEAT_S after the first, stops at once without saving (KeyboardInterrupt).
+SIGINTs closer together are one Ctrl-C: bare torchrun forwards the terminal's SIGINT to ranks that
+received it already.
 """
 
 import signal
+import time
 
 import torch
 
@@ -13,12 +20,15 @@ from gpt.parallel import collectives
 
 logger = log.get("signals")
 
-HANDLED = (signal.SIGTERM, signal.SIGUSR1)
+HANDLED = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+REPEAT_S = 1.0
+"""A SIGINT later than this after the first stop signal aborts; earlier ones are the same Ctrl-C."""
 
 
 class StopRequest:
     def __init__(self):
         self.signum = 0
+        self._first_at = 0.0
         self._previous = {}
 
     def install(self) -> "StopRequest":
@@ -27,9 +37,20 @@ class StopRequest:
         return self
 
     def _handle(self, signum, frame):
-        if not self.signum:
-            logger.warning("received %s: finishing this step, then saving and exiting", signal.Signals(signum).name)
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum:
+            if signum == signal.SIGINT and now - self._first_at >= REPEAT_S:
+                logger.warning("second Ctrl-C: stopping now, without saving")
+                raise KeyboardInterrupt
+            return
+        self.signum, self._first_at = signum, now
+        logger.warning("received %s: finishing this step, then saving and exiting%s", signal.Signals(signum).name,
+                       " (Ctrl-C again stops at once, without saving)" if signum == signal.SIGINT else "")
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the stop came from Ctrl-C (the command then exits 130)."""
+        return self.signum == signal.SIGINT
 
     def agreed(self, device) -> bool:
         """True on every rank if any rank received a signal (collective)."""

@@ -22,6 +22,9 @@ class TrainerState:
     """For early stopping."""
     wandb_id: Optional[str] = None
     """The W&B run this run logs to, so a resume continues it."""
+    data: Optional[dict] = None
+    """Fingerprints of the token shards trained on ({"train": [{path, sha256}], "val": ...}, from their
+    metadata.json): a resume on other data is refused unless data.allow_changed=true."""
 
     def to_dict(self) -> dict:
         return asdict(self)

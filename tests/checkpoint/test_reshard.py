@@ -91,8 +91,11 @@ def test_a_lost_optimizer_state_is_caught(shards, tmp_path, tp2_half, reference,
     run = tmp_path / "run"
     shutil.copytree(tp2_half, run)
     ckpt = run / "checkpoints" / "step_00000006"
-    run_module("gpt.checkpoint_cli", ["convert", f"checkpoint={ckpt}", f"output={ckpt}", "tensor=1",
-                                      "weights_only=true", "overwrite=true"], check=True)
+    stripped = tmp_path / "stripped"  # convert never writes over its input: convert beside, then swap
+    run_module("gpt.checkpoint_cli", ["convert", f"checkpoint={ckpt}", f"output={stripped}", "tensor=1",
+                                      "weights_only=true"], check=True)
+    shutil.rmtree(ckpt)
+    shutil.move(stripped, ckpt)
     run_module("gpt.pretrain", tiny_overrides(shards, run, *twelve_steps), check=True)
     with pytest.raises(AssertionError):
         assert_close(reference, run)

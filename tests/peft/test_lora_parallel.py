@@ -6,7 +6,8 @@ column-parallel layers (qkv, fc) get a replicated A and a column-parallel B, the
 base checkpoint and data (finetuning.py) at all 10 steps (loss, gradient norm) and both evaluations:
 - LoRA on every linear at TP=2, at PP=2 with activation checkpointing (DeepSpeed's reentrant
   checkpoint: the blocks' inputs must require gradients although the embedding is frozen), and
-  stopped at step 6 at TP=2 then resumed at DP=2 with ZeRO-3 (frozen parameters partitioned, saved
+  stopped at step 6 at TP=2 then resumed at DP=2 with ZeRO-3 (every tensor partitioned, the frozen
+  base weights too: stage3_param_persistence_threshold=0, asserted from the start-up report; saved
   and loaded; optimizer state only for the factors);
 - adapters and BitFit at TP=2 (BitFit's column-parallel biases train outside megatron's frozen-weight
   linear; adapters are replicated after the row-parallel output projections).
@@ -21,7 +22,7 @@ step 2 on). Worst deviations observed: ~1e-7 (loss), ~2e-7 (gradient norm).
 import pytest
 from finetuning import finetune_overrides
 from helpers import read_metrics, run_module, torchrun
-from parity import deviation
+from parity import ZERO3_PARTITIONED, assert_zero3_partitioned, deviation
 
 pytestmark = pytest.mark.distributed
 
@@ -54,8 +55,10 @@ def test_lora_resumed_at_another_layout_matches_one_process(finetune, base_run, 
     run = tmp_path / "run"
     args = finetune_overrides(base_run, sft_shards, run, *LORA)
     torchrun(2, "gpt.finetune", [*args, "parallel=tp2", "train.stop_at=6"])
-    resumed = torchrun(2, "gpt.finetune", [*args, "parallel=zero3"])
+    resumed = torchrun(2, "gpt.finetune", [*args, "parallel=zero3", ZERO3_PARTITIONED])
     assert "resumed from" in resumed.stderr and "layout changed" in resumed.stderr
+    # 2 blocks x (12 base tensors + 4 linears x 2 LoRA factors) + 2 embeddings + the final norm's 2
+    assert assert_zero3_partitioned(resumed.stderr, data=2) == 2 * (12 + 8) + 4
     check("lora tp2 -> dp2 zero3", reference, run)
     assert read_metrics(run)[0][-1]["step"] == 10
     # Generation reads the ZeRO-3 checkpoint in one process (PEFT modules rebuilt from its config).

@@ -65,7 +65,7 @@ def test_impossible_layout_fails_in_the_batch_shell_before_any_rank_starts(slurm
                        cwd=tmp_path)
     assert slurm.wait(job).endswith("FAILED ExitCode=2:0")
     error = (tmp_path / f"slurm-{job}.out").read_text()
-    assert error.startswith("gpt-launch: error: world size 2 is not divisible by parallel.tensor*parallel.pipeline=3*1")
+    assert error.startswith("gpt-launch: error: world size 2 is not divisible by parallel.tensor*parallel.pipeline*parallel.context=3*1*1")
     assert error.count("\n") == 1 and not run.exists()
 
 

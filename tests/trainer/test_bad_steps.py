@@ -12,6 +12,7 @@ Two honest ways to make a loss non-finite, no test hook in the code:
 import pytest
 import torch
 from helpers import read_metrics, run_module, tiny_overrides, torchrun
+from parity import ZERO3_PARTITIONED, assert_zero3_partitioned
 
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint.reader import TensorReader
@@ -57,7 +58,7 @@ def test_divergence_stops_after_max_bad_steps_then_resumes(shards, tmp_path):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("layout", [["parallel=zero3"], ["parallel=pp2", "train.precision=bf16"]],
+@pytest.mark.parametrize("layout", [["parallel=zero3", ZERO3_PARTITIONED], ["parallel=pp2", "train.precision=bf16"]],
                          ids=["dp2-zero3", "pp2-bf16"])
 def test_divergence_is_skipped_by_every_engine(shards, tmp_path, layout):
     """ZeRO-3 and the pipeline engine (with DeepSpeed's bf16 optimizer) refuse non-finite gradients
@@ -66,6 +67,8 @@ def test_divergence_is_skipped_by_every_engine(shards, tmp_path, layout):
     proc = torchrun(2, "gpt.pretrain", tiny_overrides(shards, run, *DIVERGE, *layout), check=False)
     # Every rank prints the one-line error and exits 2; torchrun itself reports a failed child with 1.
     _assert_diverged_run(run, proc, first_bad=2, last_bad=4, good_step=1, rc=1)
+    if ZERO3_PARTITIONED in layout:
+        assert_zero3_partitioned(proc.stderr, data=2)
 
 
 POISON = 1  # a byte that never occurs in the corpus; some batches will contain it

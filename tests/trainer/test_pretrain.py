@@ -1,26 +1,28 @@
 """Single-process training end to end: metrics, evaluation, resume equality, SIGTERM, generation."""
 
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 from helpers import REPO, env_for_subprocess, read_metrics, run_module, tiny_overrides
+from parity import run_overrides
 
 from gpt.checkpoint import format as fmt
 
 
-def test_trains_logs_evaluates_and_checkpoints(shards, tmp_path):
-    run = tmp_path / "run"
-    run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=20", "eval.every=10"), check=True)
+def test_trains_logs_evaluates_and_checkpoints(launch):
+    """The one-process reference of the parity matrix (10 steps, evaluations at 5 and 10), shared."""
+    run = launch(1, "gpt2").run_dir
     steps, evals = read_metrics(run)
-    assert [r["step"] for r in steps] == list(range(1, 21))
+    assert [r["step"] for r in steps] == list(range(1, 11))
     for key in ("loss", "lr", "grad_norm", "tokens_per_s"):
         assert all(isinstance(r[key], float) for r in steps), key
-    assert [e["step"] for e in evals] == [10, 20]
+    assert [e["step"] for e in evals] == [5, 10]
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] < steps[0]["loss"]  # it learns
     assert (run / "config.yaml").is_file()
-    assert fmt.resolve(run).name == "step_00000020"
+    assert fmt.resolve(run).name == "step_00000010"
 
 
 def test_resume_is_identical_to_an_uninterrupted_run(shards, tmp_path):
@@ -37,12 +39,11 @@ def test_resume_is_identical_to_an_uninterrupted_run(shards, tmp_path):
     assert [(r["step"], r["val_loss"]) for r in a[1]] == [(r["step"], r["val_loss"]) for r in b[1]]
 
 
-def test_finished_run_rerun_is_a_no_op(shards, tmp_path):
+def test_finished_run_rerun_is_a_no_op(launch, shards, tmp_path):
     run = tmp_path / "run"
-    args = tiny_overrides(shards, run, "train.steps=3", "eval.every=0")
-    run_module("gpt.pretrain", args, check=True)
+    shutil.copytree(launch(1, "gpt2").run_dir, run)  # a finished run (copied: the original is shared)
     before = (run / "metrics.jsonl").read_text()
-    run_module("gpt.pretrain", args, check=True)
+    run_module("gpt.pretrain", run_overrides(shards, run, "gpt2"), check=True)
     assert (run / "metrics.jsonl").read_text() == before
 
 
@@ -64,12 +65,10 @@ def test_sigterm_saves_and_exits_zero(shards, tmp_path):
     assert "SIGTERM" in err
 
 
-def test_generate_prints_only_text(shards, tmp_path):
-    run = tmp_path / "run"
-    run_module("gpt.pretrain", tiny_overrides(shards, run, "train.steps=5", "eval.every=0"), check=True)
-    args = [f"checkpoint={run}", "prompt=To be", "max_new_tokens=40"]
-    greedy = [run_module("gpt.generate", args + ["temperature=0"], check=True).stdout for _ in range(2)]
-    assert greedy[0] == greedy[1] and greedy[0].startswith("To be")
+def test_generate_prints_only_text(base_run):
+    args = [f"checkpoint={base_run}", "prompt=To be", "max_new_tokens=40"]
+    greedy = run_module("gpt.generate", args + ["temperature=0"], check=True).stdout
+    assert greedy.startswith("To be") and len(greedy) > len("To be")
     sampled = [run_module("gpt.generate", args + ["temperature=1.0", "top_k=20", "top_p=0.9", f"seed={s}"],
                           check=True).stdout for s in (1, 1, 2)]
     assert sampled[0] == sampled[1] != sampled[2]
