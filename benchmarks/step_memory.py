@@ -55,13 +55,20 @@ def child(args) -> None:
     ctx = parallel.initialize(layout, "cpu")
     s = open_session(cfg, ctx, shape)
     read = getattr(loop, "read_steps", lambda s: None)  # older trees read every step inside train_step
-    for _ in range(2):
-        loop.train_step(s)
+
+    def step():
+        if hasattr(loop, "fetch"):  # the loop reads a step's batches (prefetched) before agreeing on stopping
+            batches, _, data_s = loop.fetch(s)
+            loop.train_step(s, batches, data_s)
+        else:
+            loop.train_step(s)
         read(s)
+
+    for _ in range(2):
+        step()
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
-    loop.train_step(s)
-    read(s)
+    step()
     print(json.dumps({"between": before, "peak": _status("VmHWM")}))
 
 

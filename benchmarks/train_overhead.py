@@ -60,7 +60,7 @@ def main() -> None:
     from gpt.data import read_metadata
     from gpt.model.build import model_shape
     from gpt.parallel import context as parallel
-    from gpt.trainer.loop import read_steps, reading_due, train_step
+    from gpt.trainer.loop import fetch, read_steps, reading_due, train_step
     from gpt.trainer.session import open_session
     from gpt.trainer.signals import StopRequest
 
@@ -82,7 +82,8 @@ def main() -> None:
     plain_step = plain_loop(cfg, shape, state, batches)
 
     def gpt_step(i):  # the loop's per-step path (gpt.trainer.loop.train)
-        train_step(session)
+        batches, _, data_s = fetch(session)   # the loop reads the next step's batches, then agrees on stopping
+        train_step(session, batches, data_s)
         if reading_due(session, session.state.step):
             read_steps(session)
         stop.agreed(ctx.device)

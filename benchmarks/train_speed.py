@@ -93,10 +93,11 @@ class GptSide:
         return {k: v.detach().clone() for k, v in self.session.engine.named_parameters()}
 
     def step(self, k: int) -> None:
-        from gpt.trainer.loop import read_steps, reading_due, train_step
+        from gpt.trainer.loop import fetch, read_steps, reading_due, train_step
 
         s = self.session
-        train_step(s)
+        batches, _, data_s = fetch(s)
+        train_step(s, batches, data_s)
         if reading_due(s, s.state.step):
             for r in read_steps(s):
                 self.losses[r["step"]] = r["loss"]

@@ -19,6 +19,8 @@ class TokenizerConfig:
     """tiktoken encoding name, e.g. gpt2 or cl100k_base (tokenizer.kind=tiktoken), read from tiktoken's local cache (TIKTOKEN_CACHE_DIR); never downloaded."""
     eod_token: Optional[str] = text()
     """End-of-document token of a bpe/hf tokenizer; null means <|endoftext|> for bpe, and for hf the first of <|endoftext|>, <|end_of_text|>, </s>, <eos> it has. Added to the vocabulary if missing."""
+    train_bytes: Optional[int] = 1_000_000_000
+    """tokenizer.kind=bpe: train on a deterministic sample of about this many bytes of the input, spread evenly over every file (null: all of it). The trainer's memory grows with the sample (about 1-2 GB for 1 GB of web text)."""
 
 
 @dataclass(kw_only=True)
@@ -62,9 +64,17 @@ class PreprocessConfig:
     shard_tokens: int = 64_000_000
     """Start a new shard file after the document that brings the current one to this many tokens."""
     workers: int = 1
-    """Worker processes for reading and tokenising; the output is identical whatever the number."""
+    """Worker processes for reading and tokenising (one core each; bpe/hf encoders also use threads); the output is identical whatever the number."""
     task_bytes: int = 1_048_576
-    """Input bytes per unit of work given to a worker (files are cut at document boundaries); the output does not depend on it."""
+    """Input bytes per piece of work given to a worker (files are cut at document boundaries); the output does not depend on it."""
+    unit_bytes: int = 1 << 30
+    """Input bytes per unit: consecutive input (large files cut at document boundaries) that becomes its own shards, closed at shard_tokens and at the unit's end. Job-array tasks divide the units, so the output depends on unit_bytes but never on the number of tasks."""
+    stage: str = "all"
+    """all (everything in this process) | tokenizer (train the tokenizer.kind=bpe tokenizer into <output>.parts/, before an array) | encode (array task `task` of `tasks`: its slice of the units into <output>.parts/; the last task to finish merges) | merge (<output>.parts/ -> output; refuses while a unit is missing or damaged)."""
+    task: int = 0
+    """stage=encode: which slice of the units this task writes (0-based; slurm/preprocess.sh sets it from SLURM_ARRAY_TASK_ID)."""
+    tasks: int = 1
+    """stage=encode: the number of slices the units are divided into (the array's size)."""
     on_error: str = "fail"
     """fail (stop at the first bad record, naming file:line) | skip (skip and report bad records)."""
     overwrite: bool = False

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from gpt.data.blend import BlendSchedule
-from gpt.data.packing import VAL_SEED, PackedSamples, split_documents
+from gpt.data.packing import VAL_SEED, PackedSamples, split_chunks
 from gpt.data.shards import ShardSet
 from gpt.data.tokenizer import Tokenizer
 from gpt.errors import ConfigError, DataError
@@ -128,19 +128,19 @@ def build_loaders(data_cfg, *, seq_len: int, global_batch_size: int, micro_batch
     val: List[PackedSamples] = []
     for k, s in enumerate(sets):
         if data_cfg.val_path:
-            train_docs, val_docs = np.arange(s.num_documents), None
+            train_chunks, val_chunks = np.arange(s.num_chunks), None
         else:
-            train_docs, val_docs = split_documents(s.num_documents, data_cfg.val_fraction, where=str(s.directory))
-        train.append(PackedSamples(s, train_docs, seq_len, seed, stream=k))
-        if val_docs is not None and len(val_docs):
-            val.append(PackedSamples(s, val_docs, seq_len, VAL_SEED, stream=k))
+            train_chunks, val_chunks = split_chunks(s.num_chunks, data_cfg.val_fraction, where=str(s.directory))
+        train.append(PackedSamples(s, train_chunks, seq_len, seed, stream=k))
+        if val_chunks is not None and len(val_chunks):
+            val.append(PackedSamples(s, val_chunks, seq_len, VAL_SEED, stream=k))
     common = dict(seq_len=seq_len, global_batch_size=global_batch_size, micro_batch_size=micro_batch_size,
                   dp_rank=dp_rank, dp_size=dp_size)
     train_loader = BatchLoader(train, weights, **common)
     if data_cfg.val_path:
         vs = ShardSet(data_cfg.val_path, verify=verify)
         _same_tokenizer(sets[0], vs, "data.val_path")
-        return train_loader, BatchLoader([PackedSamples(vs, np.arange(vs.num_documents), seq_len, VAL_SEED)], None, **common)
+        return train_loader, BatchLoader([PackedSamples(vs, np.arange(vs.num_chunks), seq_len, VAL_SEED)], None, **common)
     return train_loader, (BatchLoader(val, weights, **common) if val else None)
 
 

@@ -1,6 +1,7 @@
 """Instruction data -> token shards with a loss mask (gpt-preprocess format=sft).
 
-A record is one training document, in one of two shapes (jsonl line, .jsonl.gz line or Parquet row):
+A record is one training document, in one of two shapes (a line of .jsonl, .jsonl.gz or .jsonl.zst,
+a Parquet row, a row of a dataset saved with save_to_disk):
 
     {"prompt": "...", "response": "..."}                        field names: sft.prompt_key / response_key
     {"messages": [{"role": "user", "content": "..."}, ...]}     sft.messages_key; roles system|user|assistant
@@ -31,7 +32,7 @@ import numpy as np
 from gpt import log
 from gpt.config.commands import PreprocessConfig, SftConfig
 from gpt.data.format import dtype_for
-from gpt.data.inputs import JSONL, JSONL_GZ, PARQUET, resolve_inputs
+from gpt.data.inputs import ARROW, JSONL, PARQUET, resolve_inputs
 from gpt.errors import DataError
 
 _log = log.get("data.sft")
@@ -101,32 +102,57 @@ def render(record, sft: SftConfig) -> Segments:
     return segments
 
 
-def _records(path: str, kind: str) -> Iterator[Tuple[str, object]]:
-    """(where, record or BadRecord) for every record of one file."""
-    if kind == PARQUET:
+def _records(f) -> Iterator[Tuple[str, object]]:
+    """(where, record or BadRecord) for every record of one file, read as a stream."""
+    import io
+
+    if f.kind in (PARQUET, ARROW):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
-            rows = pq.read_table(path).to_pylist()
+            batches = pq.ParquetFile(f.path).iter_batches() if f.kind == PARQUET else \
+                pa.ipc.open_stream(pa.memory_map(f.path, "r"))
+            row = 0
+            for batch in batches:
+                for record in batch.to_pylist():
+                    row += 1
+                    yield f"{f.path}:row {row}", record
         except Exception as e:
-            raise DataError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
-        for i, row in enumerate(rows, 1):
-            yield f"{path}:row {i}", row
+            raise DataError(f"{f.path}: not a readable {f.kind} file ({str(e).splitlines()[0]})") from None
         return
-    try:
-        data = gzip.open(path, "rb").read() if kind == JSONL_GZ else Path(path).read_bytes()
-    except (OSError, EOFError, zlib.error) as e:
-        yield f"{path}:1", BadRecord("unreadable gzip data", f"{e}; the whole file was skipped")
-        return
-    for i, raw in enumerate(data.split(b"\n"), 1):
-        if not raw.strip():
-            continue
+    raw = open(f.path, "rb")
+    with raw:
+        if f.compression == "gz":
+            stream = gzip.GzipFile(fileobj=raw, mode="rb")
+        elif f.compression == "zst":
+            import zstandard
+
+            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        else:
+            stream = raw
+        i = 0
         try:
-            yield f"{path}:{i}", json.loads(raw)
-        except UnicodeDecodeError as e:
-            yield f"{path}:{i}", BadRecord("invalid UTF-8", f"byte 0x{raw[e.start]:02x}")
-        except json.JSONDecodeError as e:
-            yield f"{path}:{i}", BadRecord("invalid JSON", f"{e.msg} at column {e.colno}")
+            for i, raw_line in enumerate(stream, 1):
+                if not raw_line.strip():
+                    continue
+                try:
+                    yield f"{f.path}:{i}", json.loads(raw_line)
+                except UnicodeDecodeError as e:
+                    yield f"{f.path}:{i}", BadRecord("invalid UTF-8", f"byte 0x{raw_line[e.start]:02x}")
+                except json.JSONDecodeError as e:
+                    yield f"{f.path}:{i}", BadRecord("invalid JSON", f"{e.msg} at column {e.colno}")
+        except (OSError, EOFError, zlib.error) + _zstd_errors() as e:
+            yield f"{f.path}:{i + 1}", BadRecord(f"unreadable {f.compression} data", f"{e}; the rest of the file was skipped")
+
+
+def _zstd_errors() -> tuple:
+    try:
+        import zstandard
+
+        return (zstandard.ZstdError,)
+    except ImportError:
+        return ()
 
 
 class _Rendered:
@@ -136,16 +162,16 @@ class _Rendered:
         self.cfg = cfg
         self.files = resolve_inputs(cfg.input, cfg.split)
         for f in self.files:
-            if f.kind not in (JSONL, JSONL_GZ, PARQUET):
-                raise DataError(f"{f.path}: format=sft reads instruction records from .jsonl, .jsonl.gz or .parquet "
-                                f"files, not {f.kind}")
+            if f.kind not in (JSONL, PARQUET, ARROW):
+                raise DataError(f"{f.path}: format=sft reads instruction records from .jsonl (plain, .gz or .zst), "
+                                f".parquet or saved datasets, not {f.kind}")
         self.skipped: Counter = Counter()
         self.first_at: dict = {}
 
     def __iter__(self) -> Iterator[Segments]:
         fail = self.cfg.on_error == "fail"
         for f in self.files:
-            for where, record in _records(f.path, f.kind):
+            for where, record in _records(f):
                 try:
                     if isinstance(record, BadRecord):
                         raise record
@@ -179,7 +205,7 @@ def preprocess_sft(cfg: PreprocessConfig, output: Path, build_tokenizer) -> dict
                               eod_token=cfg.tokenizer.eod_token or DEFAULT_EOD)
         rendered = _Rendered(cfg)
     else:
-        tokenizer = build_tokenizer(cfg, [])
+        tokenizer = build_tokenizer(cfg, [], [])
     dtype = np.dtype(dtype_for(tokenizer.vocab_size))
     stats = {"documents": 0, "tokens": 0, "trained_tokens": 0}
 

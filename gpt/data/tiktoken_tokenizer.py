@@ -101,11 +101,12 @@ class TiktokenTokenizer(Tokenizer):
         self.vocab_size = self._enc.n_vocab
         self.eod_id = self._enc.eot_token
         self._special = np.array(sorted(self._enc._special_tokens.values()), dtype=np.int64)
+        self.threads = os.cpu_count() or 1
+        """Threads of encode_batch; a preprocessing worker uses one (workers=N is the parallelism)."""
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         # Ordinary encoding: "<|endoftext|>" inside a document is text, not a boundary.
-        threads = int(os.environ.get("RAYON_NUM_THREADS", 0)) or os.cpu_count() or 1  # a worker's share
-        return self._enc.encode_ordinary_batch(list(texts), num_threads=threads)
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=self.threads)
 
     def decode(self, ids: Iterable[int]) -> str:
         a = as_id_array(ids)

@@ -5,14 +5,21 @@ Preprocessing, training and generation must use the very same tokenizer; the sha
 with `to_dict()` and `save_files()`.
 """
 
+import re
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from gpt.errors import DataError
 
 KINDS = ("byte", "bpe", "hf", "tiktoken")
+SEGMENT_CHARS = 1 << 20
+"""Documents longer than twice this are encoded in pieces of about this many characters (memory
+stays bounded whatever a document's size, and the pieces are encoded in parallel)."""
+_CUT = re.compile(r"(?<=\S)\s(?=\S)")
+_CUT_CONTEXT = 1024
+_CUT_TRIES = 16
 LOCATION_KEYS = ("source", "file")
 """Keys of a tokenizer's record that say where its files were read from, not what it is."""
 
@@ -44,6 +51,42 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
+
+    def segments(self, text: str, size: int = SEGMENT_CHARS) -> List[str]:
+        """`text` cut into pieces of about `size` characters whose encodings, joined, are the encoding of
+        `text` (see `cuts`)."""
+        cuts = self.cuts(text, size)
+        return [text[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def cuts(self, text: str, size: int = SEGMENT_CHARS) -> List[int]:
+        """Where to cut `text` into pieces of about `size` characters (0 and len(text) included). A cut is
+        made only at a whitespace character between two others, and only where encoding the
+        surrounding 2 KB whole and in two halves gives the same ids (so the tokenizer's own
+        pre-tokenizer splits there); where no such place is found the piece grows."""
+        if len(text) <= 2 * size:
+            return [0, len(text)]
+        cuts = [0]
+        pos = size
+        while pos < len(text) - size:
+            cut = self._safe_cut(text, pos)
+            if cut is None:
+                pos += size
+            else:
+                cuts.append(cut)
+                pos = cut + size
+        cuts.append(len(text))
+        return cuts
+
+    def _safe_cut(self, text: str, pos: int) -> Optional[int]:
+        for i, m in enumerate(_CUT.finditer(text, pos, min(len(text), pos + (1 << 16)))):
+            if i == _CUT_TRIES:
+                break
+            b = m.start()
+            left, right = text[max(0, b - _CUT_CONTEXT):b], text[b:b + _CUT_CONTEXT]
+            whole, a, c = self.encode_batch([left + right, left, right])
+            if list(whole) == list(a) + list(c):
+                return b
+        return None
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "vocab_size": self.vocab_size, "eod_id": self.eod_id}
@@ -84,6 +127,10 @@ class ByteTokenizer(Tokenizer):
         encoded = [t.encode("utf-8") for t in texts]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
         return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(dtype), lengths
+
+    def cuts(self, text: str, size: int = SEGMENT_CHARS) -> List[int]:
+        """Bytes are bytes: any cut is exact."""
+        return list(range(0, len(text), size)) + [len(text)] if text else [0, 0]
 
     def decode(self, ids: Iterable[int]) -> str:
         a = as_id_array(ids)

@@ -19,11 +19,11 @@ from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import StepResult, TrainEngine, compiles
 from gpt.engine.optim import lr_at
-from gpt.errors import CheckpointError, GptError, TrainingError
+from gpt.errors import CheckpointError, DataError, GptError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.prefetch import Prefetcher
 from gpt.trainer.progress import Progress
-from gpt.trainer.signals import StopRequest
+from gpt.trainer.signals import StopRequest, any_rank
 from gpt.trainer.state import TrainerState
 from gpt.trainer.tensorboard import TensorBoardSink
 
@@ -83,10 +83,45 @@ def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
     gbs = s.cfg.train.global_batch_size
     losses = []
     for k in range(s.cfg.eval.iters):
-        if stop is not None and stop.agreed(s.ctx.device):
+        try:  # read first, so that every rank knows whether all could read before the collectives
+            batches, error = s.val_data.global_batch(k * gbs), None
+        except DataError as e:
+            batches, error = None, e
+        # one all-reduce: a stop signal and a rank that could not read its batch
+        stopping, failed = stop.agreed_with(s.ctx.device, error is not None) if stop is not None \
+            else (False, any_rank(s.ctx.device, error is not None)[0])
+        if stopping:
             return None
-        losses.append(s.engine.eval_loss(s.val_data.global_batch(k * gbs)))
+        if failed:
+            data_failure(s, error, saved=False)  # evaluation follows a step that is not saved yet
+        losses.append(s.engine.eval_loss(batches))
     return sum(losses) / len(losses)
+
+
+def fetch(s: Session):
+    """(this rank's micro-batches of the next step or None, the DataError that prevented it or None, seconds
+    waited). They come from the prefetch thread, which then starts reading the step after."""
+    if s.prefetch is None:
+        s.prefetch = Prefetcher(s.train_data, s.cfg.train.global_batch_size, pin_memory=s.ctx.device.type == "cuda")
+    t0 = time.perf_counter()
+    try:
+        return s.prefetch.get(s.state.consumed_samples), None, time.perf_counter() - t0
+    except DataError as e:  # a shard damaged or truncated while training runs
+        return None, e, time.perf_counter() - t0
+
+
+def data_failure(s: Session, error, saved: bool) -> None:
+    """Some rank could not read its data (all ranks agreed on it): save the last completed step (unless
+    `saved`), then stop with the reader's one line. consumed_samples still points at the batch that
+    failed, so a resume after the data is fixed reads it again."""
+    note = "nothing to save before step 1"
+    if s.state.step and not saved:
+        save(s)
+        note = f"checkpoint step {s.state.step} saved"
+    elif s.state.step:
+        note = f"checkpoint step {s.state.step} is saved already"
+    why = str(error) if error is not None else "another rank could not read its training data (see its error)"
+    raise DataError(f"{why} [{note}; fix the data and re-run to resume]")
 
 
 # What a failed write raises: the OS (a full disk, a quota, a file size limit), or safetensors' own
@@ -207,27 +242,23 @@ def is_bad(loss: float, skipped: bool, precision: str) -> bool:
     return not math.isfinite(loss) or (skipped and precision != "fp16")
 
 
-def train_step(s: Session) -> None:
-    """One optimizer step: set the LR, take this rank's (prefetched) micro-batches, step. Nothing is
+def train_step(s: Session, batches, data_s: float) -> None:
+    """One optimizer step on this rank's micro-batches (fetched by `fetch`): set the LR, step. Nothing is
     read back from the device here (no host synchronisation): `read_steps` records a window of steps."""
     cfg, st, t = s.cfg, s.state, s.cfg.train
     step = st.step + 1
     lr = lr_at(step, cfg.optim, t.steps)
     s.engine.set_lr(lr)
-    if s.prefetch is None:
-        s.prefetch = Prefetcher(s.train_data, t.global_batch_size, pin_memory=s.ctx.device.type == "cuda")
     t0 = time.perf_counter()
     if s.window_start is None:
-        s.window_start = t0
-    batches = s.prefetch.get(st.consumed_samples)
-    data_time = time.perf_counter() - t0
+        s.window_start = t0 - data_s
     result = s.engine.train_step(batches)
     if s.steps_run == 0 and compiles(cfg, s.ctx.device) and s.ctx.is_logging_rank:  # CPU: the step; GPU: its host side
         logger.info("first step: %.1f s including torch.compile of the blocks", time.perf_counter() - t0)
     s.steps_run += 1
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-    s.pending.append(PendingStep(step, lr, result, data_time))
+    s.pending.append(PendingStep(step, lr, result, data_s))
 
 
 def reading_due(s: Session, step: int) -> bool:
@@ -278,19 +309,27 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     progress = Progress(t.steps, st.step, cfg.logging.every, s.ctx.is_logging_rank)
     saved_at = st.step if st.step else None
     last = min(t.steps, t.stop_at or t.steps)
-    if stop.agreed(s.ctx.device):  # a signal during setup: nothing new to save
+    # The next step's batches are read before the ranks agree on stopping, so that a rank that cannot
+    # read its data (a damaged shard) stops every rank at the same step, with a checkpoint.
+    batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
+    stopping, failed = stop.agreed_with(s.ctx.device, error is not None)
+    if stopping:  # a signal during setup: nothing new to save
         logger.info("stopped by signal before step %d; nothing new to save", st.step + 1)
         return st
     while st.step < last:
-        train_step(s)
+        if failed:
+            data_failure(s, error, saved=saved_at == st.step)
+        train_step(s, batches, data_s)
         step = st.step
         if reading_due(s, step):  # the bad-step counts below are those of the last read
             record = read_steps(s)[-1]
             progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
                             f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
+        batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
         # One all-reduce carries every decision all ranks must take together after a step.
-        stopping, diverged, lost_metrics = stop.agreed_with(s.ctx.device, diverged, s.metrics.failed is not None)
+        stopping, diverged, lost_metrics, failed = stop.agreed_with(s.ctx.device, diverged, s.metrics.failed is not None,
+                                                                    error is not None)
         if stopping or diverged or lost_metrics:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
             if diverged:

@@ -38,7 +38,7 @@ def test_saves_are_complete_and_recorded(saved_run):
     meta = fmt.validate(root / "step_00000004")  # sizes and sha256 of every file
     assert meta["step"] == 4 and meta["trainer"]["consumed_samples"] == 32 and meta["optimizer_steps"] == 4
     assert meta["code"]["gpt"] and meta["config"]["train"]["steps"] == 4 and meta["tokenizer"]["kind"] == "byte"
-    assert meta["layout"] == {"world": 1, "tensor": 1, "pipeline": 1, "data": 1, "zero_stage": 0, "precision": "fp32"}
+    assert meta["layout"] == {"world": 1, "tensor": 1, "pipeline": 1, "data": 1, "context": 1, "zero_stage": 0, "precision": "fp32"}
 
 
 def test_an_interrupted_save_is_never_picked_up(saved_run, tmp_path):

@@ -4,10 +4,13 @@ Every run trains the tiny model for 12 steps; resumed ones stop after 6 (train.s
 re-run, possibly at another layout. The one-process uninterrupted run is the reference for the
 cross-layout runs: their weights, Adam moments, step count, LR schedule and data position all come
 from the checkpoint, so the only differences left are fp32 round-off from summing in another order
-(tensor-parallel matmul halves, all-reduces, pipeline accumulation). Measured over these 12 steps:
-at most 1.1e-7 relative on the loss and 1.5e-7 on the gradient norm, for every pair below. 1e-6
-relative on both keeps a 7x margin for other CPUs' rounding, while a lost Adam moment, an
-off-by-one step count or a wrong data position moves them by more than 1e-3
+(tensor-parallel matmul halves, all-reduces, pipeline accumulation). Adam's first steps amplify it
+where a gradient is mathematically zero but not in fp32 (the key bias: softmax does not see a shift
+of all scores), so the update there is round-off divided by epsilon. Measured over these 12 steps
+(one OpenMP thread per process, as `make test` runs): at most 6.4e-7 relative on the loss and 3.0e-6
+on the gradient norm (tensor 2, step 2). 5e-6 on the loss and 2e-5 on the gradient norm keep a ~7x
+margin for other CPUs' rounding, while a lost Adam moment, an off-by-one step count or a wrong data
+position moves them by more than 1e-3
 (`test_a_lost_optimizer_state_is_caught` checks that the comparison does fail). The same-layout
 resume on two processes (ZeRO-3) is held to the same reference and tolerance (its difference from
 one process is the data-parallel round-off, not the resume); fp32 one-process resumes are
@@ -39,7 +42,7 @@ def _run(nproc: int, args: list[str]) -> None:
         torchrun(nproc, "gpt.pretrain", args)
 
 
-def assert_close(reference, run, *, loss_rtol=1e-6, norm_rtol=1e-6):
+def assert_close(reference, run, *, loss_rtol=5e-6, norm_rtol=2e-5):
     ref_steps, ref_evals = read_metrics(reference)
     steps, evals = read_metrics(run)
     assert [r["step"] for r in steps] == list(range(1, 13)) == [r["step"] for r in ref_steps]

@@ -75,3 +75,39 @@ def fake_tiktoken_cache(directory) -> Path:
     path = directory / hashlib.sha1(CL100K_URL.encode()).hexdigest()
     path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(tokens)))
     return path
+
+
+def mixed_corpus(directory, text: str) -> Path:
+    """`text` spread over every input kind: plain .txt (large enough to be cut into units), .txt.gz,
+    .jsonl.gz, .jsonl.zst, a bare .zst, Parquet with several row groups, and a dataset saved with
+    the `datasets` library's save_to_disk."""
+    import gzip
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zstandard
+
+    d = Path(directory)
+    d.mkdir(parents=True)
+    n = len(text)
+    part = [text[i * n // 7:(i + 1) * n // 7] for i in range(7)]
+
+    def records(t):
+        return [p for p in t.split("\n\n") if p.strip()]
+
+    (d / "a.txt").write_text(part[0])
+    with gzip.open(d / "b.txt.gz", "wt") as f:
+        f.write(part[1])
+    with gzip.open(d / "c.jsonl.gz", "wt") as f:
+        f.writelines(json.dumps({"text": r}) + "\n" for r in records(part[2]))
+    (d / "d.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(
+        "".join(json.dumps({"text": r}) + "\n" for r in records(part[3])).encode()))
+    (d / "e.zst").write_bytes(zstandard.ZstdCompressor().compress(part[4].encode()))
+    pq.write_table(pa.table({"text": records(part[5])}), d / "f.parquet", row_group_size=200)
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.Dataset.from_dict({"text": records(part[6]), "id": list(range(len(records(part[6]))))}) \
+        .save_to_disk(str(d / "g_hf"), max_shard_size="60KB")
+    return d

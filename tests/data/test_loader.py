@@ -70,9 +70,15 @@ def test_samples_are_windows_of_documents_joined_by_eod(shards):
 
 
 def test_each_epoch_trains_on_every_train_token_once_in_a_new_order(shards):
+    from gpt.data.packing import split_chunks
+
     train, val = loaders(shards, gbs=8, micro=8)
     n = train.samples_per_epoch
-    val_tokens = set(np.concatenate([global_tokens(val, k * 8) for k in range(val.samples_per_epoch // 8 + 1)]).ravel())
+    _, val_docs = split_chunks(len(LENGTHS), 0.05, where="test")    # one chunk per document here
+    starts = np.concatenate([[0], np.cumsum(LENGTHS)])
+    val_tokens = set(np.concatenate([np.arange(starts[d], starts[d + 1]) for d in val_docs]).tolist())
+    seen_val = set(np.concatenate([global_tokens(val, k * 8) for k in range(val.samples_per_epoch // 8 + 1)]).ravel())
+    assert seen_val - {EOD} <= val_tokens, "validation batches hold validation documents only"
     orders = []
     for epoch in range(2):
         rows = np.concatenate([global_tokens(train, epoch * n + c) for c in range(0, n - n % 8, 8)])
@@ -81,9 +87,9 @@ def test_each_epoch_trains_on_every_train_token_once_in_a_new_order(shards):
         labels = labels[labels != EOD]
         assert len(np.unique(labels)) == len(labels), "no token is a label twice within an epoch"
         assert not (set(labels.tolist()) & val_tokens), "validation documents never reach training"
-        train_tokens = int(LENGTHS.sum()) - sum(1 for t in val_tokens if t != EOD)
-        # Only the tail of the epoch's stream (< one sample) and the partial last batch are missing.
-        assert len(labels) >= train_tokens - (n % 8 + 1) * 17
+        train_tokens = int(LENGTHS.sum()) - len(val_tokens)
+        # Missing: the stream's first token and its tail (< one sample), and the partial last batch.
+        assert len(labels) >= train_tokens - 1 - 16 - (n % 8) * 16
         orders.append(rows[:, 0])
     assert not np.array_equal(orders[0], orders[1]), "every epoch is a different shuffle"
 
@@ -175,3 +181,67 @@ def test_loss_mask_is_carried_and_weights_make_the_loss_dp_independent(tmp_path)
     loader = loaders(d, gbs=gbs, micro=micro)[0]
     weights = torch.cat([b.weights for b in loader.global_batch(24)])
     assert float(weights.sum()) == pytest.approx(loader.grad_accum * 1, rel=1e-6)
+
+
+def epoch_rows(samples, seq_len=16):
+    """Every sample of epoch 0 in training order [samples_per_epoch, seq_len+1]."""
+    return samples.samples(np.arange(samples.samples_per_epoch))[0]
+
+
+@pytest.fixture(scope="module")
+def coarse_shards(tmp_path_factory):
+    """The same documents indexed in chunks of 16 (as sets of more than 4M documents are)."""
+    from gpt.data import format as fmt
+
+    d = tmp_path_factory.mktemp("coarse") / "shards"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fmt, "MAX_CHUNKS", 32)
+        meta = write_address_shards(d, LENGTHS, shard_tokens=5000)
+    assert meta["index"]["documents_per_chunk"] == 16
+    return d
+
+
+@pytest.mark.parametrize("which", ["shards", "coarse_shards"])
+def test_documents_and_samples_are_shuffled(which, request):
+    """Fails for a loader that packs documents in corpus order or visits samples in stream order."""
+    shards = request.getfixturevalue(which)
+    train, _ = loaders(shards, val_fraction=0.0)
+    rows = epoch_rows(train.sources[0])
+    starts = np.concatenate([[0], np.cumsum(LENGTHS)])
+    doc_of = {int(s): d for d, s in enumerate(starts[:-1])}
+    # Around an EOD: the last token of one document, then the first of another: how often the corpus' next one?
+    joins = [(int(r[i - 1]), int(r[i + 1])) for r in rows for i in range(1, len(r) - 1)
+             if r[i] == EOD and r[i - 1] != EOD and r[i + 1] != EOD]
+    assert len(joins) > 100
+    next_doc = np.mean([doc_of[b] == int(np.searchsorted(starts, a, side="right")) for a, b in joins])
+    assert next_doc < 0.05, f"{next_doc:.0%} of document joins follow the corpus order"
+    # Consecutive samples in training order overlap by one token only if they are consecutive in the stream.
+    contiguous = np.mean(rows[1:, 0] == rows[:-1, -1])
+    assert contiguous < 0.05, f"{contiguous:.0%} of consecutive samples are consecutive in the stream"
+    # No drift: the corpus position of a sample is uncorrelated with when it is trained on.
+    position = np.where(rows[:, 0] == EOD, rows[:, 1], rows[:, 0]).astype(float)
+    order = np.arange(len(rows), dtype=float)
+    assert abs(np.corrcoef(np.argsort(np.argsort(position)), order)[0, 1]) < 0.15
+
+
+def test_windows_keep_every_token_a_label_once_and_mix_chunks_from_all_over(shards):
+    """Small shuffle windows (as a 15T-token corpus has relative to its size): still a permutation of the stream."""
+    from gpt.data.packing import PackedSamples
+    from gpt.data.shards import ShardSet
+
+    s = ShardSet(shards)
+    samples = PackedSamples(s, np.arange(s.num_chunks), 16, seed=5, window_samples=32)
+    e = samples._epoch(0)
+    assert len(e.bounds) - 1 > 20, "many windows"
+    rows = epoch_rows(samples)
+    labels = rows[:, 1:].ravel()
+    labels = labels[labels != EOD]
+    assert len(np.unique(labels)) == len(labels), "no token is a label twice"
+    assert len(labels) >= LENGTHS.sum() - 17, "every token but the stream's tail is a label once"
+    # A window's chunks are scattered over the corpus, and its samples come out shuffled.
+    chunks = e.order[e.bounds[10]:e.bounds[11]]
+    assert np.ptp(chunks) > len(chunks) * 5
+    assert np.mean(rows[1:, 0] == rows[:-1, -1]) < 0.2
+    # Order independent of everything but (seed, index): a new object gives the same rows.
+    again = PackedSamples(ShardSet(shards), np.arange(s.num_chunks), 16, seed=5, window_samples=32)
+    assert np.array_equal(again.samples(np.arange(900, 1000))[0], rows[900:1000])

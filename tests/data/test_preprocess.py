@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -39,9 +38,15 @@ def test_byte_shards_of_shakespeare(shakespeare, tmp_path):
         assert s["bytes"] == f.stat().st_size and s["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
         reader = pa.ipc.open_file(pa.memory_map(str(f)))
         assert reader.schema.field("tokens").type == pa.list_(pa.field("item", pa.uint16(), nullable=False))
-        assert reader.schema.metadata == {b"gpt.format": b"gpt-token-shards", b"gpt.version": b"1"}
+        assert reader.schema.metadata == {b"gpt.format": b"gpt-token-shards", b"gpt.version": b"2"}
+        assert s["max_token_id"] == max(max(r) for r in pa.ipc.open_file(pa.memory_map(str(f))).read_all()
+                                        .column("tokens").to_pylist())
     assert [bytes(r).decode() for r in read_rows(out)] == expected
-    assert sorted(os.listdir(out)) == ["metadata.json"] + [f"shard-{i:05d}.arrow" for i in range(4)]
+    assert sorted(os.listdir(out)) == ["index.arrow", "metadata.json"] + [f"shard-{i:05d}.arrow" for i in range(4)]
+    # One chunk per document (fewer than 4M of them): the index holds every document's length.
+    assert meta["index"]["documents_per_chunk"] == 1 and meta["index"]["chunks"] == len(expected)
+    index = pa.ipc.open_file(pa.memory_map(str(out / "index.arrow"))).read_all().column("chunk_tokens").to_pylist()
+    assert index == [len(p.encode()) for p in expected]
 
 
 def test_output_is_identical_whatever_the_workers_and_pieces(shakespeare, tmp_path):
@@ -144,7 +149,7 @@ def test_empty_input_existing_output_and_options_are_one_line_errors(tmp_path):
         preprocess(tmp_path / "a.txt", tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "precious"
     preprocess(tmp_path / "a.txt", tmp_path / "out", overwrite=True)
-    assert sorted(os.listdir(tmp_path / "out")) == ["metadata.json", "shard-00000.arrow"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["index.arrow", "metadata.json", "shard-00000.arrow"]
     (tmp_path / "empty_dir").mkdir()
     preprocess(tmp_path / "a.txt", tmp_path / "empty_dir")
     with pytest.raises(ConfigError, match="on_error=maybe"):
@@ -178,3 +183,12 @@ def test_a_killed_preprocess_leaves_no_directory_that_looks_complete(shakespeare
     (tmp_path / "small.txt").write_text("a\n\nb\n")
     preprocess(tmp_path / "small.txt", out)
     assert read_metadata(out)["num_documents"] == 2 and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_an_output_that_is_an_input_file_is_refused(tmp_path):
+    """(Outputs over input directories: tests/test_paths.py.)"""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("one\n\ntwo\n")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        preprocess(corpus / "a.txt", corpus / "a.txt", overwrite=True)

@@ -109,3 +109,26 @@ def test_tiktoken_never_downloads(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "broken"))
     with pytest.raises(DataError, match="not a valid encoding"):
         TiktokenTokenizer("cl100k_base")
+
+
+def test_long_documents_are_encoded_in_segments_that_give_exactly_the_whole_encoding(shakespeare, tmp_path,
+                                                                                    monkeypatch):
+    """Tokenizer.segments cuts only where encoding both ways agrees: joined ids == ids of the whole text."""
+    import sysconfig
+    from pathlib import Path
+
+    prose = shakespeare.read_text()[:120_000]
+    code = (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text()[:80_000]
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    fake_tiktoken_cache(tmp_path / "tiktoken")
+    metaspace = train_bpe([prose[:30_000]], 300)
+    from tokenizers import pre_tokenizers
+    metaspace._tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always")  # a prefix on every piece
+    for tok in (ByteTokenizer(), train_bpe([prose[:50_000]], 400), TiktokenTokenizer("cl100k_base"), metaspace):
+        for text in (prose, code, "x" * 20_000 + " y" * 5_000):
+            pieces = tok.segments(text, size=3_000)
+            assert "".join(pieces) == text
+            joined = [i for p in pieces for i in tok.encode(p)]
+            assert joined == tok.encode(text), (type(tok).__name__, tok.kind)
+            if tok is not metaspace and text is prose:
+                assert len(pieces) >= len(text) // 6_000, "cut near every 3000 characters"

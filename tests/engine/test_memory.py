@@ -4,7 +4,7 @@ Measured: the peak resident memory of a gpt-pretrain process (one rank, fp32, Ze
 held just before its engine was built (tests/engine/memory_probe.py), for two model sizes. The
 difference between the two runs is what the estimate counts (weights, gradients, Adam moments) for
 the extra parameters, plus what it leaves out and what also grows with the model: activations, the
-temporaries of a foreach AdamW step and allocator slack. Measured at these sizes: 1.09x the
+temporaries of a foreach AdamW step and allocator slack. Measured at these sizes: 1.07-1.14x the
 estimated difference. Allowed: 0.95x to 1.3x. A wrong count of bytes per parameter moves it out
 (12 B of optimizer state instead of 8 gives 0.87x; gradients left out, 1.45x); the fixed costs of
 DeepSpeed, gloo and the data loader cancel in the difference.
@@ -13,7 +13,7 @@ DeepSpeed, gloo and the data loader cancel in the difference.
 import json
 import sys
 
-from helpers import run_module, tiny_overrides
+from helpers import env_for_subprocess, run_module, tiny_overrides
 
 from gpt.config import compose
 from gpt.config.validate import Layout
@@ -28,7 +28,8 @@ PROBE = ("model.n_layer=4", "model.n_head=6", "train.global_batch_size=2", "trai
 def measured_growth(shards, run_dir, *overrides) -> tuple[int, float]:
     """(peak RSS above the RSS before the engine, the estimate's total) of one real run."""
     args = tiny_overrides(shards, run_dir, *PROBE, *overrides)
-    proc = run_module("tests.engine.memory_probe", args, check=True)
+    # One malloc arena: per-thread arenas (loader, gloo) otherwise add tens of MiB of run-to-run noise.
+    proc = run_module("tests.engine.memory_probe", args, check=True, env={**env_for_subprocess(), "MALLOC_ARENA_MAX": "1"})
     row = json.loads(proc.stdout.strip().splitlines()[-1])
     cfg = compose("pretrain", args)
     shape = model_shape(cfg.model, 257)
