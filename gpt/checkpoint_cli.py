@@ -7,7 +7,7 @@ from gpt.cli import run_command
 COMMANDS = ("inspect", "verify", "convert")
 USAGE = """
 usage: gpt-checkpoint inspect checkpoint=<run.dir|checkpoint dir>     summary as JSON on stdout
-       gpt-checkpoint verify  checkpoint=<...>                        sha256 of every file, tensor index
+       gpt-checkpoint verify  checkpoint=<...>                        checksum of every file, tensor index
        gpt-checkpoint convert checkpoint=<...> output=<dir> tensor=N [weights_only=true]
 
 Any checkpoint resumes at any (tensor, pipeline, data, ZeRO) layout directly; convert re-splits the

@@ -1,25 +1,33 @@
-"""On-disk checkpoint format, version 1: layout-free, sharded, safetensors only.
+"""On-disk checkpoint format, version 2: layout-free, sharded, safetensors only.
 
     <run.dir>/checkpoints/
       latest                      text: name of the newest complete checkpoint (written last)
       best                        text (optional, written by fine-tuning): a checkpoint pruning never deletes
       step_00000012/
         meta.json                 format, version, step, trainer state, resolved config, layout it
-                                  was written with, tokenizer, code version, files (bytes + sha256),
-                                  tensor index
-        rank-00000.safetensors    one file per rank: the tensors this rank was assigned, plus its RNG
+                                  was written with, tokenizer, code version, fp16 loss scale, files
+                                  (bytes + xxh3-128 checksum), tensor index
+        rank-00000.safetensors    one file per rank: the fragments of tensors this rank held, plus its RNG
         tokenizer.json            when the tokenizer needs files
       .tmp-step_00000016/         a save in progress (or one that was interrupted): never loaded
 
-Each parameter is stored under its one-process name (e.g. `blocks.3.attn.qkv.weight`) as the
-tensor-parallel slices it had when saved, in fp32, with its Adam moments beside it
-(`<name>#exp_avg`, `<name>#exp_avg_sq`). The index in meta.json says, for every name, its full shape,
-the dimension its slices split along and which file holds each slice — enough to rebuild any slice
+Each parameter is stored under its one-process name (e.g. `blocks.3.attn.qkv.weight`) in fp32, with
+its Adam moments beside it (`<name>#exp_avg`, `<name>#exp_avg_sq`), as *pieces* (the
+tensor-parallel slices it had when saved, once per tensor group) made of *fragments*: flat ranges
+[start, start + numel) of a piece (row-major), each a 1-D tensor in the file of the rank that held
+it (its ZeRO partition; without ZeRO, the data ranks of a replica split the writing). The index in
+meta.json says, for every name, its full shape, the dimension its slices split along, and for every
+piece its shape and fragments (file, start, numel) — enough to rebuild any flat range of any slice
 for any other layout. Nothing is pickled: loading a checkpoint cannot run code.
 
+Version 1 (one whole piece per tensor, no fragments) is still read: `read_meta` turns its index
+into version 2's form.
+
 A directory only gets its `step_*` name once every rank's file and meta.json are on disk, so an
-interrupted save is never picked up; a damaged one is caught by the sizes and sha256 sums recorded in
-meta.json (`validate`).
+interrupted save is never picked up; a damaged one is caught by the sizes and checksums recorded in
+meta.json (`validate`): XXH3-128 since version 2 (computed while writing; ~10x cheaper than sha256,
+which version 1 recorded and which is still checked there), for corruption, not for tampering (an
+unsigned meta.json could be rewritten with any hash).
 """
 
 import hashlib
@@ -29,21 +37,25 @@ import re
 import stat
 from pathlib import Path
 
+import xxhash
+
 from gpt.errors import CheckpointError
 from gpt.paths import member_file, plain_name
 
 FORMAT = "gpt-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META = "meta.json"
 LATEST = "latest"
 BEST = "best"
 POINTERS = (LATEST, BEST)
 MOMENTS = ("exp_avg", "exp_avg_sq")
 RNG_CPU, RNG_CUDA = "__rng__.cpu", "__rng__.cuda"
+RNG_TENSOR_PARALLEL = "__rng__.tensor_parallel"  # the tensor-parallel dropout stream (gpt/parallel/rng.py)
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _HASH_CHUNK = 16 << 20
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_HEX = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "xxh3_128": re.compile(r"^[0-9a-f]{32}$")}
 _POINTER_BYTES = 256  # a pointer holds one step directory name; more is not a pointer
 FALLBACK_HINT = "use checkpoint.fallback=true to resume from the previous one"
 
@@ -95,12 +107,25 @@ def make_readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
+CHECKSUM = "xxh3_128"  # the checksum version 2 records per file; version 1 recorded "sha256"
+CHECKSUMS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
+
+
+def checksum(path: Path, algorithm: str = CHECKSUM) -> str:
+    h = CHECKSUMS[algorithm]()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    return checksum(path, "sha256")
+
+
+def recorded_checksum(record: dict) -> tuple[str, str] | None:
+    """(algorithm, hex digest) a meta.json file record holds, None if it holds none."""
+    return next(((a, record[a]) for a in CHECKSUMS if record.get(a)), None)
 
 
 def step_of(path: Path) -> int | None:
@@ -125,7 +150,7 @@ def read_pointer(root: Path, pointer: str) -> str | None:
     path = Path(root) / pointer
     try:
         st = os.lstat(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # no pointer, or no checkpoints/ directory at all
         return None
     fix = (f"delete it to resume from the newest complete checkpoint in {root}, or write the name of one of its "
            f"step_* directories into it")
@@ -204,20 +229,41 @@ def read_meta(ckpt: Path) -> dict:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{path} is not a gpt checkpoint (format={found!r})")
-    if meta.get("version") != VERSION:
-        raise CheckpointError(f"{path} has format version {meta.get('version')}; this gpt reads version {VERSION}")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path} has format version {meta.get('version')}; this gpt reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))} (a newer gpt wrote it: upgrade gpt to load it)")
     for key in ("step", "files", "tensors", "config", "layout", "trainer"):
         if key not in meta:
             raise CheckpointError(f"{path} has no {key!r} entry: the file is corrupt ({FALLBACK_HINT})")
     _check_structure(path, meta)
+    if meta["version"] == 1:
+        upgrade_index(meta)
     return meta
+
+
+def upgrade_index(meta: dict) -> None:
+    """Version 1's pieces (one whole tensor-parallel slice in one file) as version 2's: one fragment
+    covering the piece, marked `shaped` (stored with its shape, not flat)."""
+    for entry in meta["tensors"].values():
+        for piece in entry["pieces"]:
+            if "fragments" not in piece:
+                piece["fragments"] = [{"file": piece.pop("file"), "start": 0, "numel": numel(piece["shape"]),
+                                       "shaped": True}]
+
+
+def numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
 
 
 def _check_structure(path: Path, meta: dict) -> None:
     """The shapes of meta.json's entries: what a reader indexes cannot be missing or of the wrong type.
 
-    Every file a tensor piece lives in must be listed in `files`, so the size and sha256 checks
-    cover every byte that is read; every listed name is a plain file name inside the checkpoint.
+    Every file a tensor piece (version 1) or fragment (version 2) lives in must be listed in `files`,
+    so the size and checksum checks cover every byte that is read; every listed name is a plain file
+    name inside the checkpoint.
     """
     def need(ok: bool, what: str) -> None:
         if not ok:
@@ -226,14 +272,21 @@ def _check_structure(path: Path, meta: dict) -> None:
     def count(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
+    def listed(file, where: str) -> None:
+        need(isinstance(file, str) and file in files,
+             f"{where} lives in {file!r}, which 'files' does not list (every file read is checked against its "
+             f"recorded size and checksum)")
+
     need(count(meta["step"]), "'step' must be a non-negative integer")
     files = meta["files"]
-    need(isinstance(files, dict) and len(files) > 0, "'files' must list at least one rank file (name: bytes, sha256)")
+    need(isinstance(files, dict) and len(files) > 0,
+         f"'files' must list at least one rank file (name: bytes, {CHECKSUM})")
+    want = "sha256" if meta["version"] == 1 else CHECKSUM
     for name, record in files.items():
         plain_name(name, where=path, error=CheckpointError)
         need(name != META, f"'files' lists {META} itself")
-        need(isinstance(record, dict) and count(record.get("bytes")) and isinstance(record.get("sha256"), str)
-             and _SHA256.match(record["sha256"]) is not None, f"files[{name!r}] needs integer 'bytes' and a hex 'sha256'")
+        need(isinstance(record, dict) and count(record.get("bytes")) and isinstance(record.get(want), str)
+             and _HEX[want].match(record[want]) is not None, f"files[{name!r}] needs integer 'bytes' and a hex {want!r}")
     tensors = meta["tensors"]
     need(isinstance(tensors, dict) and len(tensors) > 0, "'tensors' must index at least one tensor")
     for name, entry in tensors.items():
@@ -245,10 +298,15 @@ def _check_structure(path: Path, meta: dict) -> None:
         for piece in entry["pieces"]:
             need(isinstance(piece, dict) and isinstance(piece.get("shape"), list) and all(map(count, piece["shape"]))
                  and len(piece["shape"]) == len(entry["shape"]), f"a piece of tensors[{name!r}] has no valid 'shape'")
-            file = piece.get("file")
-            need(isinstance(file, str) and file in files,
-                 f"a piece of tensors[{name!r}] lives in {file!r}, which 'files' does not list (every file read "
-                 f"is checked against its recorded size and sha256)")
+            if meta["version"] == 1:
+                listed(piece.get("file"), f"a piece of tensors[{name!r}]")
+                continue
+            frags = piece.get("fragments")
+            need(isinstance(frags, list) and len(frags) > 0, f"a piece of tensors[{name!r}] has no 'fragments' list")
+            for fr in frags:
+                need(isinstance(fr, dict) and count(fr.get("start")) and count(fr.get("numel")),
+                     f"a fragment of tensors[{name!r}] needs integer 'start' and 'numel'")
+                listed(fr.get("file"), f"a fragment of tensors[{name!r}]")
     config = meta["config"]
     need(isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict),
          "'config' must hold the run's 'model' and 'train' sections")
@@ -263,7 +321,7 @@ def member(ckpt: Path, name: str) -> Path:
 
 
 def verify_file(ckpt: Path, name: str, record: dict, *, hashes: bool = True) -> None:
-    """One rank file exists with its recorded size (catches truncation) and sha256 (any damage)."""
+    """One rank file exists with its recorded size (catches truncation) and checksum (any damage)."""
     f = ckpt / name
     try:
         member(ckpt, name)
@@ -273,8 +331,9 @@ def verify_file(ckpt: Path, name: str, record: dict, *, hashes: bool = True) -> 
     if size != record["bytes"]:
         raise CheckpointError(f"{f} has {size} bytes, meta.json records {record['bytes']}: the file is truncated or "
                               f"corrupt (use checkpoint.fallback=true to resume from the previous one)")
-    if hashes and sha256(f) != record["sha256"]:
-        raise CheckpointError(f"{f} does not match the sha256 in meta.json: the file is corrupt (use "
+    recorded = recorded_checksum(record)
+    if hashes and recorded and checksum(f, recorded[0]) != recorded[1]:
+        raise CheckpointError(f"{f} does not match the {recorded[0]} checksum in meta.json: the file is corrupt (use "
                               f"checkpoint.fallback=true to resume from the previous one)")
 
 

@@ -1,8 +1,10 @@
-"""Loading a checkpoint into any layout: each rank rebuilds exactly the slices it needs.
+"""Loading a checkpoint into any layout: each rank reads exactly what it holds.
 
 Weights, Adam moments and the optimizer's step count are set through the same ZeRO-aware accessors
-that saved them, so a run saved at one (tensor, pipeline, data, ZeRO) layout resumes at another.
-`load_weights` is the shared half: `model.init_from` sets Hugging Face weights through it.
+that saved them (gpt/checkpoint/zero_state.py): a ZeRO rank reads its partition's flat range of
+every slice and nothing else; a rank that holds a whole replica (no ZeRO) reads the whole slice.
+So a run saved at one (tensor, pipeline, data, ZeRO) layout resumes at another. `load_weights` is
+the shared half for whole-tensor sources: `model.init_from` sets Hugging Face weights through it.
 """
 
 import os
@@ -17,6 +19,7 @@ from gpt.checkpoint.reader import TensorReader
 from gpt.checkpoint.save import partition_dim
 from gpt.errors import CheckpointError
 from gpt.parallel import collectives
+from gpt.parallel.rng import reseed_value
 
 logger = log.get("checkpoint")
 
@@ -26,14 +29,22 @@ def _parameters(engine):
     return engine.named_parameters(replicas=True)
 
 
+def _read_held(source, name: str, p, held: zero_state.Held, ctx, key: str | None = None) -> torch.Tensor:
+    """The held flat range of this rank's slice of `name` (or of its moment `key`), 1-D."""
+    where = dict(dim=partition_dim(p), tp_rank=ctx.tp_rank, tp_size=ctx.layout.tensor)
+    if hasattr(source, "read_flat"):
+        return source.read_flat(name, **where, start=held.start, stop=held.start + held.numel, key=key)
+    return source.read(name, **where, key=key).reshape(-1)[held.start:held.start + held.numel]
+
+
 def load_weights(engine, source, skip=lambda name: False) -> None:
     """Set every parameter of this rank to its slice from `source` (a TensorReader or FullTensors),
     except those `skip(name)` leaves at their init (PEFT parameters a base model does not have)."""
-    ctx = engine.ctx
     for name, p in _parameters(engine):
-        if skip(name):
+        held = zero_state.held(p)
+        if skip(name) or held is None:
             continue
-        zero_state.set_param(p, source.read(name, dim=partition_dim(p), tp_rank=ctx.tp_rank, tp_size=ctx.layout.tensor))
+        zero_state.set_weight(p, _read_held(source, name, p, held, engine.ctx))
     zero_state.sync_low_precision(engine.optimizer)
 
 
@@ -51,21 +62,27 @@ def load(engine, ckpt: Path, *, load_optimizer: bool = True, materialize=None, m
     if load_optimizer and materialize is not None:
         materialize()
         zero_state.link_optimizer_state(engine.optimizer)
-    tp_rank, tp_size = ctx.tp_rank, ctx.layout.tensor
     for name, p in _parameters(engine):
-        dim = partition_dim(p)
-        zero_state.set_param(p, reader.read(name, dim=dim, tp_rank=tp_rank, tp_size=tp_size))
+        held = zero_state.held(p)
+        if held is None:
+            continue
+        zero_state.set_weight(p, _read_held(reader, name, p, held, ctx))
         if load_optimizer and p.requires_grad:
-            saved_moments = meta["tensors"][name].get("moments", [])
-            for m in fmt.MOMENTS:
-                if m in saved_moments:
-                    value = reader.read(name, dim=dim, tp_rank=tp_rank, tp_size=tp_size, key=fmt.moment_key(name, m))
-                    zero_state.set_moment(engine.optimizer, p, m, value)
+            for m in meta["tensors"][name].get("moments", []):
+                value = _read_held(reader, name, p, held, ctx, key=fmt.moment_key(name, m))
+                zero_state.set_moment(engine.optimizer, p, m, value)
     zero_state.sync_low_precision(engine.optimizer)
     if load_optimizer:
         zero_state.set_optimizer_steps(engine.optimizer, meta["optimizer_steps"])
-    restore_rng(reader, meta, ctx)
+    restore_loss_scaler(engine, meta)
+    restore_rng(reader, meta, ctx, engine.rng)
     return meta
+
+
+def restore_loss_scaler(engine, meta: dict) -> None:
+    """fp16: the loss scale and its hysteresis counters continue where they were."""
+    if zero_state.set_loss_scaler_state(engine.optimizer, meta.get("loss_scaler")):
+        logger.info("loss scale restored: %s", meta["loss_scaler"])
 
 
 def same_layout(meta: dict, layout) -> bool:
@@ -74,24 +91,33 @@ def same_layout(meta: dict, layout) -> bool:
                for k in ("world", "tensor", "pipeline", "data", "context"))
 
 
-def restore_rng(reader: TensorReader, meta: dict, ctx) -> None:
-    """Same layout: continue each rank's random stream; another layout: reseed from (seed, step, rank)."""
-    state = reader.rank_tensor(ctx.rank, fmt.RNG_CPU) if meta.get("rng") and same_layout(meta, ctx.layout) else None
-    if state is not None:
-        torch.set_rng_state(state)
+def restore_rng(reader: TensorReader, meta: dict, ctx, rng=None) -> None:
+    """Same layout: every rank continues its own random streams. Another layout: reseed them from
+    (seed, step, pipeline stage), the same on every tensor rank of a stage (the tensor-parallel
+    stream then differs by tensor rank, gpt/parallel/rng.py), so replicated dropout stays identical
+    across the tensor group and the replicated weights stay bit-identical."""
+    cpu = reader.rank_tensor(ctx.rank, fmt.RNG_CPU) if meta.get("rng") and same_layout(meta, ctx.layout) else None
+    tp_state = reader.rank_tensor(ctx.rank, fmt.RNG_TENSOR_PARALLEL) if cpu is not None else None
+    if cpu is not None and (rng is None or tp_state is not None):
+        torch.set_rng_state(cpu)
         cuda = reader.rank_tensor(ctx.rank, fmt.RNG_CUDA)
         if ctx.device.type == "cuda" and cuda is not None:
             torch.cuda.set_rng_state(cuda, ctx.device)
+        if rng is not None:
+            rng.set_state(tp_state)
         return
-    seed = int(meta["config"]["train"]["seed"]) * 1_000_003 + int(meta["step"]) * 1009 + ctx.rank
-    torch.manual_seed(seed)
+    seed = reseed_value(int(meta["config"]["train"]["seed"]), int(meta["step"]), ctx.pp_rank)
+    if rng is not None:
+        rng.seed(seed, tp_rank=ctx.tp_rank)
+    else:
+        torch.manual_seed(seed)
     logger.info("layout changed (%s -> %s): random streams reseeded", meta["layout"], ctx.layout.describe())
 
 
 def select(run_dir: Path, ctx, *, fallback: bool, verify: bool) -> tuple[Path, dict] | None:
     """The checkpoint to resume from, agreed by every rank (a collective); None for a fresh run.
 
-    The files' sha256 sums are checked in parallel (file i by rank i mod world). A damaged latest
+    The files' checksums are checked in parallel (file i by rank i mod world). A damaged latest
     checkpoint is an error naming the file, or, with `fallback`, that one step directory is moved
     aside to `<name>.corrupt` (one log line) and the newest intact one before it is used. An
     unreadable `latest` pointer is an error, or, with `fallback`, ignored (one log line): the

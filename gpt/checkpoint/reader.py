@@ -47,10 +47,12 @@ class FullTensors:
 
 
 class TensorReader:
-    """Reads one parameter's slice for (tp_rank, tp_size) from the files of any saved layout.
+    """Reads any flat range of any parameter's slice for (tp_rank, tp_size) from the files of any
+    saved layout.
 
-    Only the rows/columns that slice needs are read (safetensors slices of a memory map), so
-    resharding 8 -> 4 tensor ranks reads two old pieces per rank, not eight.
+    Only the fragments that range overlaps are read, and only their overlapping elements
+    (safetensors slices of a memory map): resharding 8 -> 4 tensor ranks reads two old pieces per
+    new slice, and a ZeRO rank reading its partition reads about 1/dp of it.
     """
 
     def __init__(self, ckpt: Path, meta: dict):
@@ -60,6 +62,9 @@ class TensorReader:
 
     def file(self, name: str):
         if name not in self._open:
+            if name not in self.meta["files"]:
+                raise CheckpointError(f"{self.ckpt / fmt.META} indexes {name!r}, which its file list (and checksums) "
+                                      f"does not have: the checkpoint is corrupt")
             path = self.ckpt / name
             try:
                 fmt.member(self.ckpt, name)  # inside the checkpoint, a regular file (a FIFO would block)
@@ -76,41 +81,91 @@ class TensorReader:
     def has(self, name: str) -> bool:
         return name in self.meta["tensors"]
 
-    def read(self, name: str, *, dim: int | None, tp_rank: int, tp_size: int, key: str | None = None) -> torch.Tensor:
+    def _entry(self, name: str, dim: int | None) -> dict:
         entry = self.meta["tensors"].get(name)
         if entry is None:
             raise CheckpointError(f"{self.ckpt / fmt.META} has no tensor {name!r}; the checkpoint does not match this model")
-        key = key or name
-        pieces, saved_dim = entry["pieces"], entry["partition_dim"]
-        if saved_dim is None:  # replicated: any copy
-            return tp_slice(self._get(pieces[0]["file"], key), dim, tp_rank, tp_size)
-        if dim is not None and dim != saved_dim:
+        saved_dim = entry["partition_dim"]
+        if dim is not None and saved_dim is not None and dim != saved_dim:
             raise CheckpointError(f"{name!r} is split along dim {saved_dim} in {self.ckpt}, the model splits it along {dim}")
-        if dim is not None and len(pieces) == tp_size:  # same tensor size: just this rank's piece
-            return self._get(pieces[tp_rank]["file"], key)
-        full = entry["shape"][saved_dim]
-        if dim is None or tp_size == 1:
-            start, stop = 0, full
-        else:
-            if full % tp_size:
-                raise CheckpointError(f"{name!r} has {full} rows along dim {dim}, not divisible by tensor size {tp_size}")
-            start, stop = tp_rank * full // tp_size, (tp_rank + 1) * full // tp_size
-        parts, offset = [], 0
-        for pc in pieces:
-            n = pc["shape"][saved_dim]
-            lo, hi = max(start, offset), min(stop, offset + n)
-            if lo < hi:
-                parts.append(self._get(pc["file"], key, saved_dim, lo - offset, hi - offset))
-            offset += n
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=saved_dim)
+        return entry
 
-    def _get(self, file: str, key: str, dim: int | None = None, lo: int = 0, hi: int = 0) -> torch.Tensor:
+    def slice_shape(self, name: str, *, dim: int | None, tp_rank: int, tp_size: int) -> list[int]:
+        """The shape of tensor rank `tp_rank`'s slice (of `tp_size`) of `name` along `dim`."""
+        entry = self._entry(name, dim)
+        shape = list(entry["shape"])
+        if dim is not None and tp_size > 1:
+            if shape[dim] % tp_size:
+                raise CheckpointError(f"{name!r} has {shape[dim]} rows along dim {dim}, not divisible by tensor size {tp_size}")
+            shape[dim] //= tp_size
+        return shape
+
+    def read(self, name: str, *, dim: int | None, tp_rank: int, tp_size: int, key: str | None = None) -> torch.Tensor:
+        """Tensor rank `tp_rank`'s whole slice of `name` (or of its moment `key`)."""
+        shape = self.slice_shape(name, dim=dim, tp_rank=tp_rank, tp_size=tp_size)
+        return self.read_flat(name, dim=dim, tp_rank=tp_rank, tp_size=tp_size, start=0, stop=fmt.numel(shape),
+                              key=key).view(shape)
+
+    def read_flat(self, name: str, *, dim: int | None, tp_rank: int, tp_size: int, start: int, stop: int,
+                  key: str | None = None) -> torch.Tensor:
+        """Flat elements [start, stop) of tensor rank `tp_rank`'s slice of `name` (row-major), 1-D.
+
+        The full tensor is viewed as (outer, rows, inner) around the split dimension; the slice is
+        rows [lo, hi), each saved piece rows [offset, offset + n). The requested range touches outer
+        indices o0..o1; from each piece overlapping [lo, hi) we read those outer indices' rows (one
+        contiguous span of the piece when o0 == o1, as for every split along dim 0), then cut.
+        """
+        entry = self._entry(name, dim)
+        key = key or name
+        full = entry["shape"]
+        axis = entry["partition_dim"] if entry["partition_dim"] is not None else (dim if dim is not None else 0)
+        rows, inner = full[axis], fmt.numel(full[axis + 1:])
+        lo, hi = 0, rows
+        if dim is not None and tp_size > 1:
+            shape = self.slice_shape(name, dim=dim, tp_rank=tp_rank, tp_size=tp_size)
+            lo, hi = tp_rank * shape[axis], (tp_rank + 1) * shape[axis]
+        m = hi - lo
+        if stop <= start:
+            return torch.empty(0)
+        o0, o1 = start // (m * inner), (stop - 1) // (m * inner)
+        parts, offset = [], 0
+        for pc in entry["pieces"]:
+            n = pc["shape"][axis] if entry["partition_dim"] is not None else rows
+            a, b = max(lo, offset), min(hi, offset + n)
+            if a < b:
+                c0, c1 = a - offset, b - offset
+                if o0 == o1:
+                    base = o0 * n * inner
+                    part = self._span(name, key, pc, base + c0 * inner, base + c1 * inner).view(1, c1 - c0, inner)
+                else:
+                    part = self._span(name, key, pc, o0 * n * inner, (o1 + 1) * n * inner).view(o1 - o0 + 1, n, inner)
+                    part = part[:, c0:c1]
+                parts.append(part)
+            offset += n
+        block = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        base = o0 * m * inner
+        return block.reshape(-1)[start - base:stop - base].contiguous()
+
+    def _span(self, name: str, key: str, piece: dict, start: int, stop: int) -> torch.Tensor:
+        """Flat elements [start, stop) of one saved piece, from the fragments that hold them."""
+        out = []
+        for fr in piece["fragments"]:
+            a, b = max(start, fr["start"]), min(stop, fr["start"] + fr["numel"])
+            if a < b:
+                out.append(self._get(fr, key, a - fr["start"], b - fr["start"]))
+        got = sum(t.numel() for t in out)
+        if got != stop - start:
+            raise CheckpointError(f"{self.ckpt / fmt.META}: the fragments of {key!r} (tensor rank {piece['tp_rank']}) "
+                                  f"hold {got} of elements {start}-{stop}: the checkpoint is corrupt")
+        return (out[0] if len(out) == 1 else torch.cat(out)).float()
+
+    def _get(self, fragment: dict, key: str, lo: int, hi: int) -> torch.Tensor:
+        file = fragment["file"]
         try:
             f = self.file(file)
-            if dim is None:
-                return f.get_tensor(key)
-            sl = f.get_slice(key)
-            return sl[(slice(None),) * dim + (slice(lo, hi),)].contiguous()
+            if fragment.get("shaped"):  # version 1: the whole piece, with its shape
+                return f.get_tensor(key).reshape(-1)[lo:hi]
+            return f.get_slice(key)[lo:hi]
         except CheckpointError:
             raise
         except Exception as e:

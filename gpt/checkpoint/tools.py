@@ -8,7 +8,7 @@ from pathlib import Path
 from gpt import log
 from gpt.checkpoint import format as fmt
 from gpt.checkpoint.reader import TensorReader
-from gpt.checkpoint.save import code_version, merge_index, write_rank_file
+from gpt.checkpoint.save import code_version, fragment_record, merge_index, write_rank_file
 from gpt.errors import CheckpointError, ConfigError
 from gpt.paths import refuse_overlap
 
@@ -43,7 +43,7 @@ def _numel(shape) -> int:
 
 
 def verify(path: str | Path) -> dict:
-    """Every file's sha256, and every indexed tensor present in its file with the recorded shape."""
+    """Every file's checksum, and every indexed fragment present in its file with the recorded size."""
     ckpt = _find(path, verify=True)
     meta = fmt.read_meta(ckpt)
     reader = TensorReader(ckpt, meta)
@@ -51,14 +51,17 @@ def verify(path: str | Path) -> dict:
     for name, entry in meta["tensors"].items():
         keys = [name] + [fmt.moment_key(name, m) for m in entry.get("moments", [])]
         for pc in entry["pieces"]:
-            f = reader.file(pc["file"])
-            for key in keys:
-                if key not in f.keys():
-                    raise CheckpointError(f"{ckpt / pc['file']} lacks {key!r}, which meta.json lists there")
-                if list(f.get_slice(key).get_shape()) != pc["shape"]:
-                    raise CheckpointError(f"{ckpt / pc['file']}: {key!r} has shape {f.get_slice(key).get_shape()}, "
-                                          f"meta.json records {pc['shape']}")
-                checked += 1
+            for fr in pc["fragments"]:
+                f = reader.file(fr["file"])
+                for key in keys:
+                    if key not in f.keys():
+                        raise CheckpointError(f"{ckpt / fr['file']} lacks {key!r}, which meta.json lists there")
+                    stored = list(f.get_slice(key).get_shape())
+                    expected = pc["shape"] if fr.get("shaped") else [fr["numel"]]
+                    if stored != expected:
+                        raise CheckpointError(f"{ckpt / fr['file']}: {key!r} has shape {stored}, meta.json records "
+                                              f"{expected}")
+                    checked += 1
     return {"checkpoint": str(ckpt), "ok": True, "files": len(meta["files"]), "tensors_checked": checked}
 
 
@@ -87,17 +90,21 @@ def convert(path: str | Path, output: str | Path, *, tensor: int, weights_only: 
     gathered = []
     replicated = [n for n, e in meta["tensors"].items() if e["partition_dim"] is None]
     for r in range(tensor):
-        tensors, index = {}, {}
+        tensors, index = {}, []
         for name, e in meta["tensors"].items():
             dim = e["partition_dim"]
             if dim is None and replicated.index(name) % tensor != r:  # spread the replicated ones
                 continue
             moments = [] if weights_only else e.get("moments", [])
             for key in [name] + [fmt.moment_key(name, m) for m in moments]:
-                tensors[key] = reader.read(name, dim=dim, tp_rank=r, tp_size=tensor, key=key).contiguous()
-            index[name] = {"file": fmt.rank_file(r), "shape": list(tensors[name].shape), "partition_dim": dim,
-                           "tp_rank": r if dim is not None else 0, "tp_size": tensor if dim is not None else 1,
-                           "moments": moments, "trainable": e.get("trainable", True)}
+                tensors[key] = reader.read(name, dim=dim, tp_rank=r, tp_size=tensor, key=key)
+            shape = list(tensors[name].shape)
+            for key in [name] + [fmt.moment_key(name, m) for m in moments]:
+                tensors[key] = tensors[key].reshape(-1)  # one fragment: the whole piece
+            index.append(fragment_record(name, file=fmt.rank_file(r), start=0, numel=fmt.numel(shape),
+                                         tp_rank=r if dim is not None else 0, tp_size=tensor if dim is not None else 1,
+                                         shape=shape, partition_dim=dim, moments=moments,
+                                         trainable=e.get("trainable", True)))
         gathered.append((r, write_rank_file(tmp / fmt.rank_file(r), tensors), index))
     files, merged = merge_index(gathered)
     for extra in sorted(ckpt.iterdir()):  # tokenizer files
@@ -107,7 +114,7 @@ def convert(path: str | Path, output: str | Path, *, tensor: int, weights_only: 
             logger.warning("not copying %s: it is a symlink or not a regular file", extra)
             continue
         shutil.copy2(extra, tmp / extra.name)
-    new = dict(meta, files=files, tensors=merged, rng=False, code=code_version(),
+    new = dict(meta, version=fmt.VERSION, files=files, tensors=merged, rng=False, code=code_version(),
                saved_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                layout=dict(meta["layout"], world=tensor, tensor=tensor, pipeline=1, data=1),
                converted_from={"checkpoint": str(ckpt), "layout": meta["layout"], "weights_only": weights_only})

@@ -178,7 +178,7 @@ class CheckpointToolConfig:
     """What gpt-checkpoint composes from conf/checkpoint.yaml."""
 
     command: Optional[str] = None
-    """inspect (print a summary) | verify (check every file's sha256 and tensor index) | convert (re-split for another tensor size)."""
+    """inspect (print a summary) | verify (check every file's checksum and tensor index) | convert (re-split for another tensor size)."""
     checkpoint: Optional[str] = text()
     """A run.dir (its latest checkpoint) or one checkpoint directory."""
     output: Optional[str] = text()

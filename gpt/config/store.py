@@ -11,6 +11,7 @@ from gpt.config.commands import (
     PreprocessConfig,
 )
 from gpt.config.finetune import FinetuneConfig
+from gpt.config.plan import PlanConfig
 from gpt.config.training import TrainingConfig
 
 SCHEMAS = {
@@ -21,6 +22,9 @@ SCHEMAS = {
     "eval_schema": EvaluateConfig,
     "export_schema": ExportConfig,
     "checkpoint_schema": CheckpointToolConfig,
+    # gpt-plan's module is gpt/plan_cli.py (as gpt-checkpoint's is checkpoint_cli.py): the launcher
+    # starts `gpt.<name>` for every TrainingConfig schema, and gpt-plan is one process that starts nothing.
+    "plan_schema": PlanConfig,
     "plot_schema": PlotConfig,
 }
 

@@ -146,6 +146,8 @@ class TrainConfig:
     """Steps with a non-finite loss or gradient are skipped (no update); after this many in a row the run saves and stops (0: never stop)."""
     peak_flops: Optional[float] = None
     """Dense peak FLOP/s of one device for MFU; null looks the device up (or measures the CPU)."""
+    check_replicas_every: int = 0
+    """Every this many steps, check that the parameters every tensor rank holds whole (norms, row-parallel biases, positions) are bit-identical across the tensor group, and stop with an error naming the first that is not (0: never; Megatron's weight-hash check)."""
 
 
 @dataclass(kw_only=True)
@@ -185,7 +187,9 @@ class CheckpointConfig:
     fallback: bool = False
     """If the latest checkpoint is corrupt, move it aside (<name>.corrupt) and resume from the previous good one with a warning."""
     verify: bool = True
-    """Check every checkpoint file's sha256 (recorded in meta.json) before resuming, spread over the ranks; false checks sizes only."""
+    """Check every checkpoint file's checksum (recorded in meta.json) before resuming, spread over the ranks; false checks sizes only."""
+    async_save: bool = True
+    """Write checkpoints in the background: training pauses only while each rank copies its share of the state to host memory (kept between saves: as much host memory again as that share), then goes on while the files are written. false: training waits until the checkpoint is written."""
 
 
 @dataclass(kw_only=True)

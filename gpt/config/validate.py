@@ -91,7 +91,7 @@ def validate_training(cfg: TrainingConfig, world_size: int | None = None) -> Lay
     for key, v in (("eval.every", cfg.eval.every), ("eval.iters", cfg.eval.iters),
                    ("checkpoint.every", cfg.checkpoint.every), ("checkpoint.keep_last", cfg.checkpoint.keep_last),
                    ("optim.warmup_steps", o.warmup_steps), ("logging.every", cfg.logging.every),
-                   ("train.max_bad_steps", t.max_bad_steps)):
+                   ("train.max_bad_steps", t.max_bad_steps), ("train.check_replicas_every", t.check_replicas_every)):
         _check(v >= 0, f"{key}={v} must not be negative")
     _check(t.stop_at is None or 1 <= t.stop_at <= t.steps, f"train.stop_at={t.stop_at} must be in [1, train.steps={t.steps}]")
     _check(0 <= t.seed <= MAX_SEED,

@@ -15,7 +15,8 @@ import torch
 
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
-from gpt.engine.deepspeed_config import deepspeed_config, deepspeed_zero_stage, uses_plain_optimizer
+from gpt.engine.deepspeed_config import (deepspeed_config, deepspeed_zero_stage, uses_plain_optimizer,
+                                         weight_precision)
 from gpt.engine.optim import build_optimizer, global_grad_norm, set_lr
 from gpt.engine.pipeline import build_pipeline, canonical_name
 from gpt.model.build import ModelShape, build_model
@@ -25,6 +26,7 @@ from gpt.model.slots import Slots
 from gpt.parallel import collectives
 from gpt.parallel.context import ParallelContext
 from gpt.parallel.device import prepare_deepspeed
+from gpt.parallel.rng import RNGTracker
 from gpt.peft import apply_peft, trainable_counts
 
 
@@ -96,11 +98,12 @@ class StepFigures:
 class TrainEngine:
     """What the trainer and checkpoints use; subclasses hold a DeepSpeed engine in `self.ds`."""
 
-    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts"):
+    def __init__(self, ds, ctx: ParallelContext, cfg: TrainingConfig, counts: "ParameterCounts", rng: RNGTracker):
         self.ds = ds
         self.ctx = ctx
         self.cfg = cfg
         self.counts = counts
+        self.rng = rng  # the tensor-parallel random stream (checkpoints save and restore it)
         self.zero3 = zero3_partitioning(ds, ctx.layout.data)
 
     @property
@@ -259,41 +262,82 @@ def compile_blocks(module: torch.nn.Module) -> int:
     return len(blocks)
 
 
-def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape) -> TrainEngine:
+# The dtype parameters are built in (weight_precision: fp32 under bf16 autocast): what DeepSpeed
+# would cast the module to anyway.
+PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *, init_weights: bool,
+                 ds_config: dict, rng: RNGTracker) -> torch.nn.Module:
+    """This rank's model, holding only what the rank owns, in the run's dtype, on its device.
+
+    Pipelines: DeepSpeed builds this stage's layers only (on the device). ZeRO-3: built under
+    deepspeed.zero.Init, each tensor partitioned over the data (x context) ranks as soon as its layer exists.
+    Otherwise: built on the meta device, then this tensor rank's slices materialised. Every slot
+    draws only its own tiles (gpt/model/slots.py); init_weights=False draws nothing (a checkpoint or
+    model.init_from sets every weight next).
+    """
+    import deepspeed
+
+    layout = ctx.layout
+    dtype = PARAM_DTYPES[weight_precision(cfg)]
+    slots = Slots.of(ctx, cfg.parallel, draw=init_weights, params_dtype=dtype, rng=rng)
+    if layout.pipeline > 1:
+        with torch.device(ctx.device):
+            return build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
+                                  pipeline_layers=cfg.parallel.pipeline_layers,
+                                  activation_checkpointing=cfg.train.activation_checkpointing)
+    if deepspeed_zero_stage(cfg) == 3:
+        # dtype=None: zero.Init takes the precision from the config (given a dtype, DeepSpeed 0.19
+        # picks bf16 on CPUs whatever it is). memory_efficient_linear would replace
+        # torch.nn.functional.linear for the rest of the process; our layers do not need it.
+        init_config = {**ds_config, "zero_optimization": {"memory_efficient_linear": False,
+                                                          **ds_config["zero_optimization"]}}
+        with deepspeed.zero.Init(data_parallel_group=ctx.dp_cp_group, config_dict_or_path=init_config, dtype=None,
+                                 mpu=ctx.mpu()):
+            module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots, device=None, dtype=dtype,
+                                 init=init_weights)
+    else:
+        module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots, device=ctx.device, dtype=dtype,
+                             init=init_weights)
+    module.activation_checkpointing = cfg.train.activation_checkpointing
+    return module
+
+
+def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *,
+                 init_weights: bool = True) -> TrainEngine:
+    """The DeepSpeed engine of this rank; `init_weights=False` when a checkpoint will set every weight."""
     import deepspeed
 
     from gpt import log
 
     prepare_deepspeed(ctx.device, ctx.backend)
     layout = ctx.layout
-    slots = Slots.of(ctx, cfg.parallel)
+    rng = RNGTracker(ctx.device)
     plain = uses_plain_optimizer(cfg)
-    if layout.pipeline > 1:
-        module = build_pipeline(cfg.model, shape, slots, seed=cfg.train.seed, layout=layout,
-                                pipeline_layers=cfg.parallel.pipeline_layers,
-                                activation_checkpointing=cfg.train.activation_checkpointing)
-        mpu = None  # the PipelineModule brings its own grid (same rank layout as parallel_state)
-    else:
-        module = build_model(cfg.model, shape, seed=cfg.train.seed, slots=slots)
-        module.activation_checkpointing = cfg.train.activation_checkpointing
-        mpu = ctx.mpu()
+    ds_config = deepspeed_config(cfg, layout, ctx.device.type)
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
+        module = build_module(cfg, ctx, shape, init_weights=init_weights, ds_config=ds_config, rng=rng)
+    mpu = None if layout.pipeline > 1 else ctx.mpu()  # a PipelineModule brings its own grid (same rank layout)
     peft = getattr(cfg, "peft", None)  # a FinetuneConfig's; pretraining trains everything
     if peft is not None:
         canonical = partial(canonical_name, n_layer=cfg.model.n_layer) if layout.pipeline > 1 else (lambda name: name)
-        apply_peft(module, peft, cfg.model, slots=slots, seed=cfg.train.seed, canonical=canonical)
+        apply_peft(module, peft, cfg.model, slots=Slots(layout.tensor, ctx.tp_group), seed=cfg.train.seed,
+                   canonical=canonical)
     if compiles(cfg, ctx.device):
         compile_blocks(module)
     counts = count_parameters(module, ctx)
     optimizer = build_optimizer(module.named_parameters(), cfg.optim, plain_fp32=plain,
                                 norm_fn=partial(global_grad_norm, tp_rank=ctx.tp_rank,
                                                 model_parallel_group=ctx.model_parallel_group))
-    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
-        ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, mpu=mpu,
-                                      config=deepspeed_config(cfg, layout, ctx.device.type))
+    with contextlib.redirect_stdout(sys.stderr):
+        ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, mpu=mpu)
     if layout.data_context == 1 and layout.pipeline == 1 and deepspeed_zero_stage(cfg) == 0:
         # Nothing to average over: without this DeepSpeed still flattens every gradient into a buffer,
         # all-reduces it over the one-rank data group and copies it back, each step.
         ds.enable_backward_allreduce = False
     log.get("engine").debug("deepspeed engine %s ready", type(ds).__name__)
-    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts)
-
+    # Dropout streams, seeded once everything is built: the default one shared by the tensor ranks
+    # of a stage, the tensor-parallel one different on each (gpt/parallel/rng.py).
+    rng.seed(cfg.train.seed + 100 * ctx.pp_rank, tp_rank=ctx.tp_rank)
+    return (PipeEngine if layout.pipeline > 1 else DenseEngine)(ds, ctx, cfg, counts, rng)

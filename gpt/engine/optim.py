@@ -24,11 +24,14 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
 
 def param_groups(named_params, weight_decay: float) -> list[dict]:
-    """Decay matrices and embeddings (dim >= 2); not biases and norm gains. Frozen params are left out."""
+    """Decay matrices and embeddings (dim >= 2); not biases and norm gains. Frozen params are left out.
+
+    A parameter built under deepspeed.zero.Init is already partitioned (an empty 1-D `data`): its
+    real shape is `ds_shape`."""
     decay, no_decay = [], []
     for _, p in named_params:
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 

@@ -1,7 +1,8 @@
 """The GPT's layer list as a DeepSpeed PipelineModule (1F1B), and the names its parameters get.
 
 The pipeline holds the very classes of gpt/model/gpt.py, in the same order, with the same per-layer
-init seeds, so a pipelined model starts from the weights of the one-process model. With tied
+init seeds, so a pipelined model starts from the weights of the one-process model. DeepSpeed builds
+only this stage's layers (each slot draws only this tensor rank's tiles, see gpt/model/slots.py). With tied
 embeddings the first and last stages each hold the Embedding (DeepSpeed all-reduces its gradient
 between them); the first stage's copy is the owner for checkpoints and the gradient norm.
 """
@@ -46,13 +47,15 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     def init(i):
         return LayerInit(seed, i, cfg.init_std, n)
 
-    emb_args = (cfg, slots, init(0), shape.padded_vocab)
-    specs = [TiedLayerSpec("embed", Embedding, *emb_args, tied_weight_attr="wte.weight") if cfg.tie_embeddings
-             else LayerSpec(Embedding, *emb_args)]
+    def emb_args():  # each copy of a tied embedding names its tensors afresh (same seeds, same weights)
+        return (cfg, slots, init(0), shape.padded_vocab)
+
+    specs = [TiedLayerSpec("embed", Embedding, *emb_args(), tied_weight_attr="wte.weight") if cfg.tie_embeddings
+             else LayerSpec(Embedding, *emb_args())]
     specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
     specs.append(LayerSpec(Norm, cfg, slots))
     if cfg.tie_embeddings:
-        specs.append(TiedLayerSpec("embed", Embedding, *emb_args, forward_fn=_tied_head, tied_weight_attr="wte.weight"))
+        specs.append(TiedLayerSpec("embed", Embedding, *emb_args(), forward_fn=_tied_head, tied_weight_attr="wte.weight"))
     else:
         specs.append(LayerSpec(LastOutput, cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size))
     return specs
@@ -101,10 +104,11 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data_context)
     loss_head = slots.vocab_head(cfg.n_embd, shape.padded_vocab, vocab_size=shape.vocab_size, init=None, tied=True)
     module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology,
-                         loss_fn=_fused_loss(loss_head),
-                         checkpointable_layers=["Block"])
-    # Recompute each Block in backward (DeepSpeed's checkpoint; the embedding, norm and head are
-    # kept). Set through the public setter, which also precomputes which layers qualify: without
+                         loss_fn=_fused_loss(loss_head), checkpointable_layers=["Block"],
+                         activation_checkpoint_func=slots.recompute)
+    # Recompute each Block in backward (with both random streams replayed, as in the one-module
+    # model: slots.recompute; the embedding, norm and head are kept). Set through the public
+    # setter, which also precomputes which layers qualify: without
     # it the module's own forward skips every layer until a PipelineEngine has wrapped it.
     module.set_checkpoint_interval(1 if activation_checkpointing else 0)
     return module

@@ -9,13 +9,12 @@ from gpt.checkpoint.reader import full_state_dict
 from gpt.config.finetune import PeftConfig
 from gpt.config.text import structured
 from gpt.config.training import ModelConfig
-from gpt.config.validate import Layout
 from gpt.data import tokenizer_from_dict
 from gpt.errors import CheckpointError
-from gpt.model.build import ModelShape, build_model, model_shape
+from gpt.model.build import ModelShape, build_model, materialize, model_shape
 from gpt.model.gpt import GPT
 from gpt.model.slots import Slots
-from gpt.parallel import context as parallel
+from gpt.parallel.device import choose_device
 from gpt.peft import apply_peft, merge_peft_modules
 
 
@@ -51,7 +50,7 @@ def load_model(path: str | Path, device: str = "auto", *, merge_peft: bool = Fal
     """The checkpoint's model in one process; a fine-tuned one with its PEFT modules rebuilt (the
     layers its config records), or with LoRA folded into the weights when `merge_peft`."""
     # Sizes only: hashing every file (moments included) would cost a large model minutes per start;
-    # resume and export check the sha256 sums.
+    # resume and export check the checksums.
     ckpt = fmt.resolve(path, verify=False)
     if ckpt is None:
         raise CheckpointError(f"no checkpoint under {path} (expected a run.dir with checkpoints/latest, or a checkpoint directory)")
@@ -61,23 +60,30 @@ def load_model(path: str | Path, device: str = "auto", *, merge_peft: bool = Fal
     tokenizer = tokenizer_from_dict(meta["tokenizer"], ckpt)
     cfg = model_config(meta)
     shape = model_shape(cfg, tokenizer.vocab_size)
-    ctx = parallel.initialize(Layout(1, 1, 1, 1, 1), device)  # megatron layers want a (one-rank) group
-    model = build_model(cfg, shape, seed=0, tp_size=1, tp_group=ctx.tp_group)
+    target, _ = choose_device(device)  # one process, tensor size 1: no process group, no megatron
+    # Built on the meta device: the checkpoint's tensors become the parameters (no random init is
+    # drawn, no second copy is made).
+    model = build_model(cfg, shape, seed=0, device="meta")
     peft = peft_config(meta)
     if peft is not None:
-        apply_peft(model, peft, cfg, slots=Slots(1, ctx.tp_group), seed=0)
-    missing, unexpected = model.load_state_dict(full_state_dict(ckpt, meta), strict=False)
+        with torch.device("meta"):
+            apply_peft(model, peft, cfg, slots=Slots(1), seed=0)
+    state = full_state_dict(ckpt, meta)
+    names = {name for name, _ in model.named_parameters()}
+    missing, unexpected = sorted(names - state.keys()), sorted(state.keys() - names)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt} does not match the model it records: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    materialize(model, device=target, dtype=torch.float32, values=state)
     if peft is not None and merge_peft:
         merge_peft_modules(model)
     model.requires_grad_(False)
-    model.to(ctx.device).eval()
+    model.eval()
     return LoadedModel(model, tokenizer, shape, meta, ckpt)
 
 
 def release() -> None:
-    parallel.destroy()
+    """Loading starts no process group any more (tensor size 1 needs none): nothing to free. Kept so
+    that callers pairing it with load_model need not change."""
 
 
 __all__ = ["LoadedModel", "load_model", "release", "model_config", "torch"]

@@ -22,11 +22,10 @@ class Embedding(nn.Module):
         self.wte = slots.vocab_embedding(vocab, cfg.n_embd, init=init.normal())
         self.wpe = None
         if cfg.position == "learned":
-            self.wpe = nn.Embedding(cfg.max_seq_len, cfg.n_embd)
-            init.normal()(self.wpe.weight)
+            self.wpe = slots.embedding(cfg.max_seq_len, cfg.n_embd, init=init.normal())
         self.positions = slots.positions
         self.split = slots.residual_split()  # sequence parallel: (b, t, h) -> (b, t/p, h)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, idx: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
         x = self.wte(idx)  # (b, t) -> (b, t, h)
@@ -40,7 +39,15 @@ class Rotary(nn.Module):
 
     def __init__(self, max_seq_len: int, inv_freq: torch.Tensor):
         super().__init__()
-        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)  # (T, hd/2)
+        self.max_seq_len, self.inv_freq = max_seq_len, inv_freq  # (hd/2,) on the CPU (rope.py)
+        self.reset_buffers()
+
+    def reset_buffers(self, device=None) -> None:
+        """(Re)compute the cos/sin tables on `device` (default: where tensors are being built, so only
+        shapes on the meta device; a model built there is materialised through this)."""
+        device = torch.empty(0, device=device).device
+        freqs = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float32, device=device),
+                            self.inv_freq.to(device))  # (T, hd/2)
         emb = torch.cat([freqs, freqs], dim=-1)  # (T, hd)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
@@ -64,7 +71,7 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.max_seq_len, rope.model_frequencies(cfg)) if cfg.position == "rope" else None
         self.positions, self.core = slots.positions, slots.attention_core()
         self.dropout = cfg.dropout
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         qkv = self.qkv(x)[0]  # (b, t, (nh + 2 nkv) hd); t: the whole sequence also under sequence parallelism
@@ -94,7 +101,7 @@ class GeluMLP(nn.Module):
         super().__init__()
         self.fc = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
         self.proj = slots.row(hidden, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, x):
         return self.drop(self.proj(F.gelu(self.fc(x)[0], approximate="tanh"))[0])
@@ -106,7 +113,7 @@ class SwiGLUMLP(nn.Module):
         self.gate = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
         self.up = slots.column(cfg.n_embd, hidden, bias=cfg.bias, init=init.normal())
         self.down = slots.row(hidden, cfg.n_embd, bias=cfg.bias, init=init.normal(init.residual_std))
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = slots.dropout(cfg.dropout)
 
     def forward(self, x):
         return self.drop(self.down(F.silu(self.gate(x)[0]) * self.up(x)[0])[0])
@@ -175,6 +182,7 @@ class GPT(nn.Module):
         self.norm = Norm(cfg, slots)
         self.output = Output(cfg, slots, init(n + 2), vocab, vocab_size)
         self.activation_checkpointing = False
+        self.recompute = slots.recompute
 
     def forward(self, idx: torch.Tensor, caches=None, labels: torch.Tensor | None = None,
                 weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -184,7 +192,7 @@ class GPT(nn.Module):
         x = self.embedding(idx, start)
         for i, block in enumerate(self.blocks):
             if self.activation_checkpointing and self.training:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = self.recompute(block, x)
             else:
                 x = block(x, caches[i] if caches else None)
         tied = self.embedding.wte.weight if self.cfg.tie_embeddings else None

@@ -25,7 +25,8 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: str = "none", fact
     """(hd/2,) float32 inverse frequencies."""
     if scaling == "ntk":
         theta = ntk_theta(theta, factor, head_dim)
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    # On the CPU also while a model is built on the meta device: Rotary recomputes its tables from it.
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim))
     if scaling == "linear":
         return inv_freq / factor
     if scaling == "llama3":

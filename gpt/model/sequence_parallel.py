@@ -21,8 +21,8 @@ backward), so every rank holds the whole gradient before DeepSpeed's hooks see i
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
+from gpt.model.tp_layers import ParallelColumn, ParallelRow
 from gpt.parallel import collectives
 
 SEQ = 1  # the sequence dimension of (b, t, h)
@@ -122,7 +122,7 @@ class _GatherLinear(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-class SequenceParallelColumn(ColumnParallelLinear):
+class SequenceParallelColumn(ParallelColumn):
     """y[b, t, n_out/p] = all-gather_seq(x[b, t/p, n_in]) W_p^T (+ b_p)."""
 
     def forward(self, input_, weight=None, runtime_gather_output=None):
@@ -130,7 +130,7 @@ class SequenceParallelColumn(ColumnParallelLinear):
         return _GatherLinear.apply(input_, weight, self.bias, self.tp_group), None
 
 
-class SequenceParallelRow(RowParallelLinear):
+class SequenceParallelRow(ParallelRow):
     """y[b, t/p, n_out] = reduce-scatter_seq(x[b, t, n_in/p] W_p^T) (+ b)."""
 
     def forward(self, input_):

@@ -139,6 +139,16 @@ def all_gather_object(obj: Any, group=None) -> list:
     return out
 
 
+def gather_object(obj: Any, dst: int = 0, group=None) -> list | None:
+    """Every rank's picklable `obj` on global rank `dst`, in rank order (None elsewhere)."""
+    n = world_size(group)
+    if n == 1:
+        return [obj]
+    out = [None] * n if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst, group=group)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0, group=None) -> Any:
     """Rank `src`'s picklable `obj` on every rank."""
     if world_size(group) == 1:
@@ -146,6 +156,14 @@ def broadcast_object(obj: Any, src: int = 0, group=None) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src, group=group)
     return box[0]
+
+
+def new_cpu_group():
+    """A new group of all ranks on gloo (None in a world of one), for a thread that communicates
+    while the training thread uses its own groups (a checkpoint writer): collective to create."""
+    if world_size() == 1:
+        return None
+    return dist.new_group(backend="gloo")
 
 
 def barrier(group=None) -> None:

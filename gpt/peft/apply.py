@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from gpt.config.finetune import PeftConfig, lora_targets
 from gpt.model.gpt import Block, Embedding
-from gpt.model.slots import COLUMN_LINEARS
+from gpt.model.slots import is_column
 from gpt.peft.adapter import Adapter
 from gpt.peft.bitfit import BiasOutside
 from gpt.peft.lora import LoRA
@@ -50,7 +50,7 @@ def apply_peft(module: nn.Module, peft: PeftConfig, model_cfg, *, slots, seed: i
         if peft.method == "lora":
             for path in lora_targets(peft.targets, model_cfg.activation):
                 base = block.get_submodule(path)
-                kind = "column" if isinstance(base, COLUMN_LINEARS) else "row"
+                kind = "column" if is_column(base) else "row"
                 name = canonical(f"{prefix}{path}.weight").removesuffix(".weight")
                 _replace(block, path, LoRA(base, kind=kind, rank=peft.rank, alpha=peft.alpha, dropout=peft.dropout,
                                            slots=slots, seed=seed, name=name))
@@ -62,7 +62,7 @@ def apply_peft(module: nn.Module, peft: PeftConfig, model_cfg, *, slots, seed: i
                                               std=model_cfg.init_std))
         elif peft.method == "bitfit":
             for path, m in list(block.named_modules()):
-                if isinstance(m, COLUMN_LINEARS) and m.bias is not None:
+                if is_column(m) and m.bias is not None:
                     _replace(block, path, BiasOutside(m))
     for name, p in module.named_parameters():
         if is_peft_name(name) or (peft.method == "bitfit" and name.endswith(".bias")):

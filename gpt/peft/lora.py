@@ -19,6 +19,7 @@ line for both. B starts at zero (step 0 is the base model). A is drawn from a ge
 slicing), so every layout starts from the same factors.
 """
 
+import contextlib
 import math
 import zlib
 
@@ -93,6 +94,8 @@ class LoRA(Wrapped):
             self.lora_B = nn.Linear(rank, n_out, bias=False)
             zeros(self.lora_B.weight)
         self.drop = nn.Dropout(dropout)
+        # A row-parallel input is split: its dropout masks differ per tensor rank (Megatron's rule).
+        self.dropout_rng = slots.tensor_parallel_region if kind == "row" else contextlib.nullcontext
 
     def _a(self, x):
         a = self.lora_A(x)
@@ -104,7 +107,9 @@ class LoRA(Wrapped):
 
     def forward(self, x: torch.Tensor, *args, **kwargs):
         y, bias = self._base()(x, *args, **kwargs)
-        return y + self.scale * self._b(self._a(self.drop(x))), bias
+        with self.dropout_rng():
+            x = self.drop(x)
+        return y + self.scale * self._b(self._a(x)), bias
 
     def delta(self) -> torch.Tensor:
         """This rank's slice of s * B @ A, the shape of the base weight's slice."""

@@ -27,7 +27,7 @@ def is_hf_dir(path) -> bool:
 
 
 def base_checkpoint(path, *, verify: bool = True) -> tuple[Path, dict]:
-    """Our checkpoint named by `path` (validated: sizes, and sha256 sums with verify) and its meta.json."""
+    """Our checkpoint named by `path` (validated: sizes, and checksums with verify) and its meta.json."""
     if not fmt.candidates(path):
         raise ConfigError(f"model.init_from={path} is neither a Hugging Face directory (no config.json) nor a gpt "
                           f"checkpoint (a run.dir with checkpoints/, a checkpoint directory or a pointer file)")

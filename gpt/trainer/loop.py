@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 
 from gpt import log
 from gpt.checkpoint import format as ckpt_format
-from gpt.checkpoint.save import save as save_checkpoint
+from gpt.checkpoint.save import Checkpointer, SaveFailed, why_failed
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
 from gpt.engine.engine import StepResult, TrainEngine, compiles
@@ -23,6 +23,7 @@ from gpt.errors import CheckpointError, DataError, GptError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.prefetch import Prefetcher
 from gpt.trainer.progress import Progress
+from gpt.trainer.replicas import check_replicas
 from gpt.trainer.signals import StopRequest, any_rank
 from gpt.trainer.state import TrainerState
 from gpt.trainer.tensorboard import TensorBoardSink
@@ -43,6 +44,7 @@ class Session:
     state: TrainerState
     metrics: MetricsLog
     wandb: WandbSink
+    checkpointer: Checkpointer | None = None  # writes checkpoints (asynchronously by default)
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
     prefetch: Prefetcher | None = None  # the next step's batches, read while this one computes
@@ -60,6 +62,7 @@ class Session:
     def close(self) -> None:
         if self.prefetch is not None:
             self.prefetch.close()
+        self.checkpointer.close()  # a save in flight is finished first
         self.metrics.close()
         self.wandb.finish()
         if self.tensorboard is not None:
@@ -129,23 +132,30 @@ def data_failure(s: Session, error, saved: bool) -> None:
 WRITE_ERRORS = (OSError, SafetensorError)
 
 
-def save(s: Session) -> None:
-    """Checkpoint this step. A failed write (a full disk) is one line saying what is kept: the
-    previous checkpoints are untouched (a save only becomes visible when complete)."""
+def save(s: Session, *, best: bool = False) -> None:
+    """Start saving this step (returns while the files are written; see Checkpointer); `best`: point
+    `best` at it once it is complete. The previous save is finished first: a failed write (a full
+    disk), this one's or the previous one's, is one line saying what is kept (the previous
+    checkpoints are untouched: a save only becomes visible when complete)."""
     read_steps(s)  # the trainer state (skipped steps) must include every step taken
-    best = s.state.best_step
+    kept = s.state.best_step
     try:
-        save_checkpoint(s.engine, step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
-                        tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
-                        keep=(ckpt_format.step_dir_name(best),) if best else (), sft_template=s.train_data.sft_template)
+        s.checkpointer.save(step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
+                            tokenizer=s.tokenizer, run_dir=s.cfg.run.dir, keep_last=s.cfg.checkpoint.keep_last,
+                            keep=(ckpt_format.step_dir_name(kept),) if kept else (),
+                            sft_template=s.train_data.sft_template, best=best)
+    except SaveFailed as e:
+        raise CheckpointError(save_failed(s, e.step, e.reason)) from None
     except WRITE_ERRORS as e:
-        raise CheckpointError(save_failed(s, e)) from None
+        raise CheckpointError(save_failed(s, s.state.step, why_failed(e))) from None
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, OSError):
-        return f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
-    return str(e).splitlines()[0] if str(e) else type(e).__name__
+def wait_saved(s: Session) -> None:
+    """Block until the save in flight is complete (the process exits or stops next); a failure is one line."""
+    try:
+        s.checkpointer.wait()
+    except SaveFailed as e:
+        raise CheckpointError(save_failed(s, e.step, e.reason)) from None
 
 
 def _kept(s: Session) -> str:
@@ -161,21 +171,11 @@ def _kept(s: Session) -> str:
     return kept
 
 
-def write_best(s: Session, step: int) -> None:
-    try:
-        ckpt_format.write_pointer(s.cfg.run.dir, ckpt_format.BEST, step)
-    except OSError as e:
-        root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
-        raise CheckpointError(f"writing {root / ckpt_format.BEST} failed ({_why(e)}); checkpoint step {step} itself "
-                              f"is saved ({root / ckpt_format.LATEST} names it); free space, then re-run the same "
-                              f"command") from None
-
-
-def save_failed(s: Session, e: BaseException) -> str:
+def save_failed(s: Session, step: int, reason: str) -> str:
     root = ckpt_format.checkpoints_dir(s.cfg.run.dir)
-    also = f"; writing {s.metrics.path} had failed too ({_why(s.metrics.failed)})" \
+    also = f"; writing {s.metrics.path} had failed too ({why_failed(s.metrics.failed)})" \
         if s.metrics is not None and s.metrics.failed is not None else ""
-    return (f"saving checkpoint {root / ckpt_format.step_dir_name(s.state.step)} failed ({_why(e)}){also}; "
+    return (f"saving checkpoint {root / ckpt_format.step_dir_name(step)} failed ({reason}){also}; "
             f"{_kept(s)}; free space or fix {root}, then re-run the same command")
 
 
@@ -259,6 +259,8 @@ def train_step(s: Session, batches, data_s: float) -> None:
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
     s.pending.append(PendingStep(step, lr, result, data_s))
+    if t.check_replicas_every and step % t.check_replicas_every == 0:
+        check_replicas(s.engine, step)
 
 
 def reading_due(s: Session, step: int) -> bool:
@@ -332,6 +334,7 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
                                                                     error is not None)
         if stopping or diverged or lost_metrics:  # no evaluation first: a preempted job's seconds are counted
             save(s)  # skipped updates changed nothing: this holds the last good weights and moments
+            wait_saved(s)  # the process exits next: the checkpoint must be complete first
             if diverged:
                 raise TrainingError(
                     f"the loss was not finite for {st.bad_steps_in_row} steps in a row (steps "
@@ -346,6 +349,7 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         if cfg.eval.every and s.val_data is not None and (step % cfg.eval.every == 0 or step == t.steps):
             if run_eval(s, stop) is None:  # a stop signal during the evaluation: save this step, once
                 save(s)
+                wait_saved(s)
                 logger.info("stopped by signal during the evaluation after step %d; checkpoint saved", step)
                 return st
             patience = cfg.eval.early_stopping.patience
@@ -354,11 +358,10 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
         if cfg.eval.tasks and (step % cfg.eval.tasks_every == 0 or step == t.steps):
             run_tasks(s)
         if early_stop or improved or step == last or (cfg.checkpoint.every and step % cfg.checkpoint.every == 0):
-            save(s)
+            save(s, best=improved)
             saved_at = step
-            if improved and s.ctx.is_logging_rank:
-                write_best(s, step)
             if step < last and not early_stop and stop.agreed(s.ctx.device):  # a signal during the save
+                wait_saved(s)
                 logger.info("stopped by signal after step %d; checkpoint saved", step)
                 return st
         if early_stop:
@@ -367,12 +370,13 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
             break
     if saved_at != st.step:  # e.g. resumed at the end
         save(s)
+    wait_saved(s)  # the run ends with its last checkpoint complete
     if s.metrics.failed is not None:  # the last step's record (or an evaluation's) was lost
         raise TrainingError(metrics_failed(s))
     return st
 
 
 def metrics_failed(s: Session) -> str:
-    return (f"writing {s.metrics.path} failed at step {s.metrics.failed_step} ({_why(s.metrics.failed)}), so training "
+    return (f"writing {s.metrics.path} failed at step {s.metrics.failed_step} ({why_failed(s.metrics.failed)}), so training "
             f"stopped after saving checkpoint {ckpt_format.checkpoints_dir(s.cfg.run.dir) / ckpt_format.step_dir_name(s.state.step)}; "
             f"{s.metrics.path} holds steps up to {s.metrics.last_step}; free space, then re-run the same command to resume")

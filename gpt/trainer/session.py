@@ -5,8 +5,6 @@ import os
 import signal
 from pathlib import Path
 
-import torch
-
 from gpt import log
 from gpt.checkpoint.base_weights import SHAPE_KEYS, same_peft, saved_peft
 from gpt.checkpoint.load import load as load_checkpoint
@@ -14,6 +12,7 @@ from gpt.checkpoint.load import load_weights
 from gpt.checkpoint.load import select as select_checkpoint
 from gpt.checkpoint.compat import check_architecture
 from gpt.checkpoint.reader import check_tokenizer
+from gpt.checkpoint.save import Checkpointer
 from gpt.config.secrets import redact
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import validate_training
@@ -149,26 +148,24 @@ def check_memory(cfg: TrainingConfig, shape, layout) -> None:
     if found is None:
         return
     available, source = found
-    mem = memory.estimate(cfg, shape, layout)
-    act = memory.activation_bytes(cfg, shape, layout)
-    if mem.total + act > available:
+    rank = max(memory.plan_ranks(cfg, shape, layout), key=lambda r: r.total)  # the start-up report's model
+    if rank.total > available:
         hb = memory.human_bytes
         raise ConfigError(
             f"train.micro_batch_size={cfg.train.micro_batch_size}, train.seq_len={cfg.train.seq_len}: the busiest rank "
-            f"needs at least {hb(mem.total + act)} (weights {hb(mem.weights)} + gradients {hb(mem.gradients)} + "
-            f"optimizer state {hb(mem.optimizer)} + activations {hb(act)}, an estimate) but has {hb(available)} "
-            f"({source}); lower train.micro_batch_size (train.global_batch_size is reached by accumulation), set "
-            f"train.activation_checkpointing=true, shard with parallel.zero_stage/parallel.tensor, or start anyway "
-            f"with train.check_memory=false")
+            f"needs at least {hb(rank.total)} (weights {hb(rank.weights)} + gradients {hb(rank.gradients)} + "
+            f"optimizer state {hb(rank.optimizer)} + buffers {hb(rank.buffers)} + activations {hb(rank.activations)}, "
+            f"an estimate) but has {hb(available)} ({source}); lower train.micro_batch_size "
+            f"(train.global_batch_size is reached by accumulation), set train.activation_checkpointing=true, shard "
+            f"with parallel.zero_stage/parallel.tensor, or start anyway with train.check_memory=false")
 
 
 finetune = pretrain  # a FinetuneConfig adds the `peft` section, which build_engine applies
 
 
-def resume(session: Session, shape) -> None:
-    """Load the run's checkpoint (any layout) into the session, or the init_from weights, or nothing."""
+def resume(session: Session, shape, selected: tuple[Path, dict] | None) -> None:
+    """Load the run's `selected` checkpoint (any layout) into the session, or the init_from weights, or nothing."""
     cfg, ctx, engine = session.cfg, session.ctx, session.engine
-    selected = select_checkpoint(Path(cfg.run.dir), ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
     if selected is not None:
         ckpt, meta = selected
         check_architecture(meta, session.config_dict["model"], ckpt)
@@ -207,18 +204,19 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     """Data, engine, resume from run.dir's latest checkpoint, metrics: everything the loop needs."""
     log.setup(ctx.rank)
     run_dir = Path(cfg.run.dir)
-    torch.manual_seed(cfg.train.seed + 100 * ctx.pp_rank)  # dropout; tensor ranks share it
     train_data, val_data = build_loaders(cfg.data, seq_len=cfg.train.seq_len,
                                          global_batch_size=cfg.train.global_batch_size,
                                          micro_batch_size=cfg.train.micro_batch_size, dp_rank=ctx.dp_rank,
                                          dp_size=ctx.layout.data, seed=cfg.train.seed)
     tokenizer = load_tokenizer(data_dir(cfg))
-    engine = build_engine(cfg, ctx, shape)
+    selected = select_checkpoint(run_dir, ctx, fallback=cfg.checkpoint.fallback, verify=cfg.checkpoint.verify)
+    # A resume or model.init_from sets every weight: drawing the random init first would be wasted.
+    engine = build_engine(cfg, ctx, shape, init_weights=selected is None and not cfg.model.init_from)
     cdict = config_dict(cfg)
     session = Session(cfg, cdict, engine, train_data, val_data, tokenizer, TrainerState(data=data_fingerprint(cfg)),
-                      None, None)
+                      None, None, checkpointer=Checkpointer(engine, asynchronous=cfg.checkpoint.async_save))
 
-    resume(session, shape)
+    resume(session, shape, selected)
     writes = ctx.is_logging_rank and log_to_run_dir
     if writes:
         _write_config(cdict, run_dir)
@@ -269,6 +267,10 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     logger.info("memory per rank (estimate, busiest rank, %s parameters, activations not included): weights %s + "
                 "gradients %s + optimizer state %s = %s", f"{mem.params:,}", hb(mem.weights), hb(mem.gradients),
                 hb(mem.optimizer), hb(mem.total))
+    if not frozen:
+        logger.info("peak per rank for one step (gpt-plan's estimate: DeepSpeed's state as it allocates it, its "
+                    "buffers, activations of micro-batch %d): %s", cfg.train.micro_batch_size,
+                    hb(memory.estimate_step(cfg, shape, layout)))
     if frozen:
         full = memory.estimate(cfg, shape, layout)
         peft = getattr(cfg, "peft", None)

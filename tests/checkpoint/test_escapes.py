@@ -128,18 +128,27 @@ def _piece(meta) -> dict:
     return next(iter(meta["tensors"].values()))["pieces"][0]
 
 
+def _fragment(meta) -> dict:
+    return _piece(meta)["fragments"][0]
+
+
 META_DAMAGE = {
     "files-empty-list": (lambda m: m.update(files=[]), "'files' must list at least one rank file"),
     "files-empty-dict": (lambda m: m.update(files={}), "'files' must list at least one rank file"),
-    "file-absolute": (lambda m: m.update(files={"/etc/passwd": {"bytes": 1, "sha256": "0" * 64}}),
+    "file-absolute": (lambda m: m.update(files={"/etc/passwd": {"bytes": 1, fmt.CHECKSUM: "0" * 32}}),
                       "names the file '/etc/passwd', which is not a plain file name"),
-    "file-dotdot": (lambda m: m["files"].update({"..": {"bytes": 1, "sha256": "0" * 64}}), "names the file '..'"),
+    "file-dotdot": (lambda m: m["files"].update({"..": {"bytes": 1, fmt.CHECKSUM: "0" * 32}}), "names the file '..'"),
     "file-escape": (lambda m: m.update(files={"../../x": m["files"]["rank-00000.safetensors"]}),
                     "names the file '../../x'"),
-    "no-sha256": (lambda m: m["files"]["rank-00000.safetensors"].pop("sha256"), "needs integer 'bytes' and a hex 'sha256'"),
-    "piece-unlisted": (lambda m: _piece(m).update(file="extra.safetensors"), "which 'files' does not list"),
-    "piece-escape": (lambda m: _piece(m).update(file="../step_00000002/rank-00000.safetensors"),
-                     "which 'files' does not list"),
+    "no-checksum": (lambda m: m["files"]["rank-00000.safetensors"].pop(fmt.CHECKSUM),
+                    f"needs integer 'bytes' and a hex {fmt.CHECKSUM!r}"),
+    "checksum-short": (lambda m: m["files"]["rank-00000.safetensors"].update({fmt.CHECKSUM: "0" * 31}),
+                       f"needs integer 'bytes' and a hex {fmt.CHECKSUM!r}"),
+    "fragment-unlisted": (lambda m: _fragment(m).update(file="extra.safetensors"), "which 'files' does not list"),
+    "fragment-escape": (lambda m: _fragment(m).update(file="../step_00000002/rank-00000.safetensors"),
+                        "which 'files' does not list"),
+    "fragment-no-start": (lambda m: _fragment(m).pop("start"), "needs integer 'start' and 'numel'"),
+    "fragments-empty": (lambda m: _piece(m).update(fragments=[]), "has no 'fragments' list"),
     "tensors-empty": (lambda m: m.update(tensors={}), "'tensors' must index at least one tensor"),
     "pieces-empty": (lambda m: next(iter(m["tensors"].values())).update(pieces=[]), "non-empty 'pieces' list"),
     "config-no-model": (lambda m: m["config"].pop("model"), "'config' must hold the run's 'model' and 'train'"),

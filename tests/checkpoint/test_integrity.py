@@ -35,10 +35,11 @@ def test_saves_are_complete_and_recorded(saved_run):
     assert [p.name for p in fmt.complete_checkpoints(root)] == ["step_00000002", "step_00000004"]
     assert fmt.read_pointer(root, fmt.LATEST) == "step_00000004"
     assert not list(root.glob(".tmp-*"))
-    meta = fmt.validate(root / "step_00000004")  # sizes and sha256 of every file
+    meta = fmt.validate(root / "step_00000004")  # sizes and checksums of every file
     assert meta["step"] == 4 and meta["trainer"]["consumed_samples"] == 32 and meta["optimizer_steps"] == 4
     assert meta["code"]["gpt"] and meta["config"]["train"]["steps"] == 4 and meta["tokenizer"]["kind"] == "byte"
-    assert meta["layout"] == {"world": 1, "tensor": 1, "pipeline": 1, "data": 1, "context": 1, "zero_stage": 0, "precision": "fp32"}
+    assert meta["layout"] == {"world": 1, "tensor": 1, "pipeline": 1, "data": 1, "context": 1, "zero_stage": 0,
+                              "precision": "fp32"}
 
 
 def test_an_interrupted_save_is_never_picked_up(saved_run, tmp_path):
@@ -59,7 +60,7 @@ def test_an_interrupted_save_is_never_picked_up(saved_run, tmp_path):
 
 @pytest.mark.parametrize("damage, message", [
     ("truncate", r"rank-00000\.safetensors has \d+ bytes, meta\.json records \d+"),
-    ("flip", r"rank-00000\.safetensors does not match the sha256 in meta\.json"),
+    ("flip", r"rank-00000\.safetensors does not match the xxh3_128 checksum in meta\.json"),
     ("delete", r"rank-00000\.safetensors is missing"),
     ("meta", r"meta\.json is corrupt"),
 ])

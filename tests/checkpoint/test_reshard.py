@@ -23,6 +23,9 @@ import shutil
 
 import pytest
 from helpers import read_metrics, run_module, tiny_overrides, torchrun
+from parity import assert_zero3_partitioned
+
+from gpt.checkpoint import format as fmt
 
 pytestmark = pytest.mark.distributed
 
@@ -30,16 +33,17 @@ LAYOUTS = {
     "tp2": ["parallel=tp2"],  # tensor 2 (ZeRO-1 over a data group of 1)
     "pp2": ["parallel=pp2"],  # two pipeline stages, ZeRO-1
     "dp2_zero1": ["parallel=zero1"],
-    "dp2_zero3": ["parallel=zero3"],
+    # Threshold 0: DeepSpeed keeps every parameter below 1e5 elements (all of the tiny model's) whole
+    # on every rank otherwise, and nothing would be partitioned.
+    "dp2_zero3": ["parallel=zero3", "+deepspeed.zero_optimization.stage3_param_persistence_threshold=0"],
     "single": [],
 }
 
 
-def _run(nproc: int, args: list[str]) -> None:
+def _run(nproc: int, args: list[str]):
     if nproc == 1:
-        run_module("gpt.pretrain", args, check=True)
-    else:
-        torchrun(nproc, "gpt.pretrain", args)
+        return run_module("gpt.pretrain", args, check=True)
+    return torchrun(nproc, "gpt.pretrain", args)
 
 
 def assert_close(reference, run, *, loss_rtol=5e-6, norm_rtol=2e-5):
@@ -65,7 +69,8 @@ def pp2_half(shards, tmp_path_factory, twelve_steps):
 @pytest.fixture(scope="module")
 def zero3_half(shards, tmp_path_factory, twelve_steps):
     run = tmp_path_factory.mktemp("zero3_half") / "run"
-    torchrun(2, "gpt.pretrain", tiny_overrides(shards, run, *twelve_steps, *LAYOUTS["dp2_zero3"], "train.stop_at=6"))
+    proc = torchrun(2, "gpt.pretrain", tiny_overrides(shards, run, *twelve_steps, *LAYOUTS["dp2_zero3"], "train.stop_at=6"))
+    assert_zero3_partitioned(proc.stderr, 2)
     return run
 
 
@@ -82,7 +87,9 @@ def test_resume_on_any_layout_matches_one_process(request, shards, tmp_path, ref
     half = request.getfixturevalue({"tp2": "tp2_half", "pp2": "pp2_half", "dp2_zero3": "zero3_half"}[first])
     run = tmp_path / "run"
     shutil.copytree(half, run)
-    _run(nproc, tiny_overrides(shards, run, *twelve_steps, *LAYOUTS[second]))
+    proc = _run(nproc, tiny_overrides(shards, run, *twelve_steps, *LAYOUTS[second]))
+    if second == "dp2_zero3":
+        assert_zero3_partitioned(proc.stderr, 2)
     assert_close(reference, run)
     meta = json.loads((run / "checkpoints" / "step_00000012" / "meta.json").read_text())
     assert meta["optimizer_steps"] == 12 and meta["trainer"]["consumed_samples"] == 12 * 8
@@ -103,3 +110,28 @@ def test_a_lost_optimizer_state_is_caught(shards, tmp_path, tp2_half, reference,
     with pytest.raises(AssertionError):
         assert_close(reference, run)
 
+
+
+def test_each_rank_writes_only_its_partition(zero3_half, tp2_half):
+    """ZeRO-3 over 2 data ranks: every tensor is stored as the two partitions, one in each rank's file,
+    each element exactly once (no rank gathered a full tensor); TP=2: each slice once, by its tensor rank."""
+    meta = fmt.read_meta(fmt.resolve(zero3_half))
+    assert sorted(meta["files"]) == ["rank-00000.safetensors", "rank-00001.safetensors"]
+    for name, entry in meta["tensors"].items():
+        (piece,) = entry["pieces"]
+        files = [f["file"] for f in piece["fragments"]]
+        assert files == ["rank-00000.safetensors", "rank-00001.safetensors"], (name, piece)
+        assert sum(f["numel"] for f in piece["fragments"]) == fmt.numel(entry["shape"])
+        assert piece["fragments"][0]["numel"] == -(-fmt.numel(entry["shape"]) // 2)  # ZeRO-3's partition size
+    meta = fmt.read_meta(fmt.resolve(tp2_half))
+    replicated_by = []
+    for entry in meta["tensors"].values():
+        split = entry["partition_dim"] is not None
+        assert [p["tp_rank"] for p in entry["pieces"]] == ([0, 1] if split else [0])
+        for p in entry["pieces"]:
+            (fragment,) = p["fragments"]  # a data group of one: the whole slice
+            if split:
+                assert fragment["file"] == fmt.rank_file(p["tp_rank"])
+            else:
+                replicated_by.append(fragment["file"])
+    assert sorted(set(replicated_by)) == [fmt.rank_file(0), fmt.rank_file(1)]  # spread over the tensor ranks

@@ -55,7 +55,7 @@ def test_verify_passes_then_names_a_damaged_file(tp2_half, tmp_path):
     data[-7] ^= 1
     rank.write_bytes(bytes(data))
     proc = run_module("gpt.checkpoint_cli", ["verify", f"checkpoint={out}"])
-    assert proc.returncode == 2 and "rank-00001.safetensors does not match the sha256" in proc.stderr
+    assert proc.returncode == 2 and "rank-00001.safetensors does not match the xxh3_128 checksum" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 

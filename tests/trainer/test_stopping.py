@@ -20,7 +20,7 @@ from helpers import read_metrics, tiny_overrides
 from gpt.config import compose
 from gpt.engine.engine import StepResult
 from gpt.errors import CheckpointError, TrainingError
-from gpt.trainer import loop, signals
+from gpt.trainer import signals
 from gpt.trainer.loop import Session, train
 from gpt.trainer.metrics import MetricsLog, WandbSink
 from gpt.trainer.signals import StopRequest
@@ -56,6 +56,24 @@ class Data:
         return [consumed]
 
 
+class Checkpoints:
+    """Stands in for the Checkpointer: records the saved steps; `save(step)` runs inside each save."""
+
+    def __init__(self, save):
+        self.on_save, self.saved = save, []
+
+    def save(self, *, step, **_):
+        if self.on_save is not None:
+            self.on_save(step)
+        self.saved.append(step)
+
+    def wait(self):
+        pass
+
+    def close(self):
+        pass
+
+
 def sigterm():
     os.kill(os.getpid(), signal.SIGTERM)
 
@@ -74,18 +92,11 @@ def make_session(shards, tmp_path, monkeypatch):
     def make(*extra, on_step=None, on_eval=None, save=None):
         run = tmp_path / "run"
         cfg = compose("pretrain", tiny_overrides(shards, run, "train.steps=20", *extra))
-        saved = []
-
-        def save_checkpoint(engine, *, step, **_):
-            if save is not None:
-                save(step)
-            saved.append(step)
-
-        monkeypatch.setattr(loop, "save_checkpoint", save_checkpoint)
+        checkpointer = Checkpoints(save)
         session = Session(cfg, {}, Engine(on_step, on_eval), Data(), Data(), None, TrainerState(),
                           MetricsLog(run, enabled=True), WandbSink(cfg.logging.wandb, enabled=False, run_dir=run,
-                                                                  config={}, run_id=None))
-        return session, saved
+                                                                  config={}, run_id=None), checkpointer=checkpointer)
+        return session, checkpointer.saved
 
     return make
 
