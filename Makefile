@@ -12,7 +12,7 @@ DEMO_DATA ?= data/stdlib
 # two workers keep a 2-core machine busy (one thread each: OMP_NUM_THREADS=1).
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test test-fast docs clean
+.PHONY: install demo test test-fast docs gpu-wheels gpu-check clean
 
 install: $(STAMP)
 
@@ -38,6 +38,26 @@ test-fast: install
 # The manual in docs/ as a site in site/; --strict fails on a broken link or anchor, or a page missing from nav.
 docs: install
 	$(BIN)/mkdocs build --strict --site-dir site
+
+# On a GPU machine (Python 3.12, torch 2.11, CUDA 13: benchmarks/gpu_check.py): the packages it lacks
+# install from .whl/ (made here by `make gpu-wheels`, where pip reaches the registry), then the check
+# runs: the gpu-marked tests and the tokens/s + MFU table, at most 8 minutes on one H200.
+GPU_PYTHON ?= python3
+GPU_WHEELS := megatron-core==0.16.1 hydra-core==1.3.8 omegaconf==2.3.1 hjson==3.1.0 pydantic==2.14.4 \
+	pydantic_core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5
+GPU_SDISTS := deepspeed==0.19.8 antlr4-python3-runtime==4.9.3
+
+gpu-wheels: install
+	mkdir -p .whl
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+	$(BIN)/python -m pip wheel -q --no-deps -w .whl $(GPU_SDISTS)
+
+gpu-check:
+	@if ls .whl/*.whl >/dev/null 2>&1; then $(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile \
+		--no-cache-dir --upgrade --target /tmp/site .whl/*.whl; fi
+	PYTHONPATH=/tmp/site:$(CURDIR) PYTHONUNBUFFERED=1 $(GPU_PYTHON) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs data site .pytest_cache

@@ -64,8 +64,6 @@ def worker(mode: str, seq: int, overrides: list[str]) -> dict:
     batch = Batch(tokens[:, :-1], tokens[:, 1:], torch.full((1, seq), 1.0 / seq))
     out = {"rank": ctx.rank}
     if mode == "activations":
-        from gpt.model.gpt import weighted_loss
-
         params = {p.untyped_storage().data_ptr() for p in engine.module.parameters()}
         seen: dict[int, int] = {}
 
@@ -77,7 +75,7 @@ def worker(mode: str, seq: int, overrides: list[str]) -> dict:
 
         b = engine.local_batch(batch)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = weighted_loss(engine.module(b.tokens), b.labels, b.weights)
+            loss = engine.module(b.tokens, labels=b.labels, weights=b.weights)
         loss.backward()
         out["activation_bytes"] = sum(seen.values())
     else:

@@ -2,8 +2,9 @@
 
 Both run in this one process, interleaved step by step (this machine's speed drifts by ~20% on its
 own, so only paired ratios mean anything):
-  plain: the same GPT module, torch.optim.AdamW, forward / backward / clip / step on batches that
-         are already tensors in memory;
+  plain: the same model in plain PyTorch layers (benchmarks/plain_gpt.py: nn.Linear, nn.LayerNorm,
+         F.cross_entropy; gpt's initial weights copied in), torch.optim.AdamW, forward / backward /
+         clip / step on batches that are already tensors in memory;
   gpt:   the real per-step path of gpt-pretrain (gpt.trainer.loop.train_step): the DeepSpeed engine,
          the memory-mapped data loader, the LR schedule, metrics.jsonl, plus the per-step signal
          agreement of the loop.
@@ -26,25 +27,23 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from train_speed import SHAKESPEARE  # noqa: E402
 
 
-def plain_loop(cfg, shape, batches):
-    """The baseline: nothing but torch."""
-    from gpt.engine.optim import param_groups
-    from gpt.model.build import build_model
-    from gpt.model.gpt import weighted_loss
+def plain_loop(cfg, shape, state, batches):
+    """The baseline: nothing but torch (one micro-batch per step, as the demo runs)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from plain_gpt import from_config, load_from_gpt, make_step
 
-    model = build_model(cfg.model, shape, seed=cfg.train.seed)
-    opt = torch.optim.AdamW(param_groups(model.named_parameters(), cfg.optim.weight_decay), lr=cfg.optim.lr,
-                            betas=(cfg.optim.beta1, cfg.optim.beta2))
+    model = from_config(cfg.model, shape.padded_vocab)
+    load_from_gpt(model, state)
+    o = cfg.optim
+    fn = make_step(model, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay, grad_clip=o.grad_clip)
 
     def step(i):
-        for b in batches[i % len(batches)]:
-            weighted_loss(model(b.tokens), b.labels, b.weights).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        (b,) = batches[i % len(batches)]
+        fn(b.tokens, b.labels)
 
     return step
 
@@ -61,7 +60,7 @@ def main() -> None:
     from gpt.data import read_metadata
     from gpt.model.build import model_shape
     from gpt.parallel import context as parallel
-    from gpt.trainer.loop import fetch, train_step
+    from gpt.trainer.loop import fetch, read_steps, reading_due, train_step
     from gpt.trainer.session import open_session
     from gpt.trainer.signals import StopRequest
 
@@ -79,11 +78,14 @@ def main() -> None:
     session = open_session(cfg, ctx, shape)
     stop = StopRequest()
     batches = [session.train_data.global_batch(i * cfg.train.global_batch_size) for i in range(8)]
-    plain_step = plain_loop(cfg, shape, batches)
+    state = {k: v.detach().clone() for k, v in session.engine.named_parameters()}
+    plain_step = plain_loop(cfg, shape, state, batches)
 
-    def gpt_step(i):
+    def gpt_step(i):  # the loop's per-step path (gpt.trainer.loop.train)
         batches, _, data_s = fetch(session)   # the loop reads the next step's batches, then agrees on stopping
         train_step(session, batches, data_s)
+        if reading_due(session, session.state.step):
+            read_steps(session)
         stop.agreed(ctx.device)
 
     for i in range(5):  # warm-up both

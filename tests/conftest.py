@@ -112,3 +112,15 @@ def gpt_log():
     yield records
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA device: skipped here, run by `make gpu-check` on a GPU machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (`make gpu-check` runs these on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

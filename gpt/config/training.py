@@ -134,6 +134,10 @@ class TrainConfig:
     """Seeds weight init, data order and dropout."""
     precision: str = "fp32"
     """fp32 | bf16 | fp16 (mixed precision keeps fp32 master weights)."""
+    autocast: bool = True
+    """With precision=bf16: torch.autocast over fp32 weights, gradients and optimizer state (true; faster on CPUs with bf16 kernels and on GPUs), or DeepSpeed's bf16 engine, bf16 weights and gradients with fp32 master copies (false)."""
+    compile: Optional[bool] = None
+    """torch.compile each transformer block (one compilation serves all blocks; the first step pays for it and logs its time); null: on where it pays, on CUDA without ZeRO-3 (on a CPU a cold compile costs more than short runs gain)."""
     activation_checkpointing: bool = False
     """Recompute each block's activations in backward to save memory."""
     check_memory: bool = True

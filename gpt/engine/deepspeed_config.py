@@ -15,16 +15,27 @@ DERIVED = {
     "train_micro_batch_size_per_gpu": "train.micro_batch_size",
     "gradient_accumulation_steps": "train.global_batch_size / (train.micro_batch_size * data parallel)",
     "gradient_clipping": "optim.grad_clip",
-    "bf16": "train.precision=bf16",
+    "bf16": "train.precision=bf16 train.autocast=false",
+    "torch_autocast": "train.precision=bf16 (train.autocast=true)",
     "fp16": "train.precision=fp16",
     "optimizer": "optim.*",
     "scheduler": "optim.* (the schedule is ours)",
 }
 
 
+def bf16_autocast(cfg: TrainingConfig) -> bool:
+    """bf16 as torch.autocast over fp32 weights (DeepSpeed's `torch_autocast`), not DeepSpeed's bf16 engine."""
+    return cfg.train.precision == "bf16" and cfg.train.autocast
+
+
+def weight_precision(cfg: TrainingConfig) -> str:
+    """The dtype weights, gradients and optimizer state are kept in: bf16 under autocast keeps them in fp32."""
+    return "fp32" if bf16_autocast(cfg) else cfg.train.precision
+
+
 def uses_plain_optimizer(cfg: TrainingConfig) -> bool:
     """True where DeepSpeed steps our optimizer directly (no ZeRO, no mixed-precision wrapper)."""
-    return cfg.parallel.zero_stage == 0 and cfg.train.precision == "fp32"
+    return cfg.parallel.zero_stage == 0 and weight_precision(cfg) == "fp32"
 
 
 def deepspeed_zero_stage(cfg: TrainingConfig) -> int:
@@ -35,12 +46,13 @@ def deepspeed_zero_stage(cfg: TrainingConfig) -> int:
     bf16 + stage 1 and which shards the masters and Adam state over data-parallel ranks. With one
     data rank that is exactly "no ZeRO"; with more it saves memory at the cost of one all-gather.
     """
-    if cfg.train.precision == "bf16" and cfg.parallel.zero_stage == 0:
+    if cfg.train.precision == "bf16" and not bf16_autocast(cfg) and cfg.parallel.zero_stage == 0:
         return 1
     return cfg.parallel.zero_stage
 
 
-def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
+def deepspeed_config(cfg: TrainingConfig, layout: Layout, device_type: str = "cpu") -> dict:
+    """DeepSpeed's config for this run; `device_type` "cuda" adds the GPU defaults (see below)."""
     for key in cfg.deepspeed:
         if key in DERIVED:
             raise ConfigError(f"deepspeed.{key} is derived from {DERIVED[key]}; set that instead")
@@ -48,6 +60,11 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
     if "stage" in zero:
         raise ConfigError("deepspeed.zero_optimization.stage is derived from parallel.zero_stage; set that instead")
     zero["stage"] = deepspeed_zero_stage(cfg)
+    if device_type == "cuda" and zero["stage"] >= 1:
+        # Overlap the gradient reduce-scatter with the backward (on DeepSpeed's side stream) and copy
+        # gradients into one contiguous buffer as they are produced; deepspeed.zero_optimization.* wins.
+        zero.setdefault("overlap_comm", True)
+        zero.setdefault("contiguous_gradients", True)
     ds = {
         # DeepSpeed counts context ranks as data ranks (mpu.py): each sees every sample of its data rank.
         "train_batch_size": cfg.train.global_batch_size * layout.context,
@@ -60,7 +77,11 @@ def deepspeed_config(cfg: TrainingConfig, layout: Layout) -> dict:
         "wall_clock_breakdown": False,
         "dump_state": False,
     }
-    if cfg.train.precision == "bf16":
+    if bf16_autocast(cfg):
+        # No lower-precision-safe modules: every gradient is reduced over data ranks in fp32, as
+        # Megatron's grad_reduce_in_fp32 (DeepSpeed would otherwise reduce torch.nn.Linear's in bf16).
+        ds["torch_autocast"] = {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    elif cfg.train.precision == "bf16":
         ds["bf16"] = {"enabled": True}
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     elif cfg.train.precision == "fp16":

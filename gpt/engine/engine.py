@@ -15,18 +15,19 @@ import torch
 
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
-from gpt.engine.deepspeed_config import deepspeed_config, deepspeed_zero_stage, uses_plain_optimizer
+from gpt.engine.deepspeed_config import (deepspeed_config, deepspeed_zero_stage, uses_plain_optimizer,
+                                         weight_precision)
 from gpt.engine.optim import build_optimizer, global_grad_norm, set_lr
 from gpt.engine.pipeline import build_pipeline, canonical_name
 from gpt.model.build import ModelShape, build_model
 from gpt.model.context_parallel import split_sequence
-from gpt.model.gpt import weighted_loss
+from gpt.model.gpt import Block
 from gpt.model.slots import Slots
+from gpt.parallel import collectives
 from gpt.parallel.context import ParallelContext
 from gpt.parallel.device import prepare_deepspeed
 from gpt.parallel.rng import RNGTracker
 from gpt.peft import apply_peft, trainable_counts
-from gpt.parallel import collectives
 
 
 @dataclass(frozen=True)
@@ -74,9 +75,24 @@ def zero3_partitioning(ds, data: int) -> Zero3Partitioning | None:
 
 @dataclass
 class StepResult:
+    """One optimizer step's figures as the engine left them: tensors still on the device where it can.
+
+    Reading one is a host synchronisation, so the trainer collects a window of steps and reads them
+    together with `TrainEngine.read` (one reduction over data ranks, one copy to the host).
+    """
+
+    loss: torch.Tensor  # () this data rank's share of the mean token loss (see read)
+    grad_norm: torch.Tensor | float  # global gradient norm before clipping
+    skipped: torch.Tensor | bool = False  # the optimizer did not apply this step (non-finite gradients, fp16 overflow)
+
+
+@dataclass(frozen=True)
+class StepFigures:
+    """A StepResult read back: what metrics.jsonl records."""
+
     loss: float  # mean token loss of the global batch (all micro-batches, all data-parallel ranks)
-    grad_norm: float  # global gradient norm before clipping
-    skipped: bool = False  # the optimizer did not apply this step (non-finite loss or fp16 overflow)
+    grad_norm: float
+    skipped: bool
 
 
 class TrainEngine:
@@ -110,15 +126,37 @@ class TrainEngine:
         raise NotImplementedError
 
     def train_step(self, micro_batches: list[Batch]) -> StepResult:
+        """Forward, backward and optimizer step over this rank's micro-batches; nothing is read back."""
         raise NotImplementedError
+
+    def read(self, results: list[StepResult]) -> list[StepFigures]:
+        """The figures of several steps at once: one host synchronisation (collective over data ranks)."""
+        if not results:
+            return []
+        dev = self.ctx.device
+        losses = torch.stack([torch.as_tensor(r.loss, dtype=torch.float32, device=dev) for r in results])
+        losses = self._reduce_losses(losses)
+        rest = torch.stack([torch.stack([torch.as_tensor(r.grad_norm, dtype=torch.float32, device=dev).reshape(()),
+                                         torch.as_tensor(r.skipped, dtype=torch.float32, device=dev).reshape(())])
+                            for r in results])
+        values = torch.cat([losses[:, None], rest], dim=1).tolist()  # the one copy to the host
+        return [StepFigures(loss, norm, bool(skipped)) for loss, norm, skipped in values]
+
+    def _reduce_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        return losses
 
     @torch.no_grad()
     def eval_loss(self, micro_batches: list[Batch]) -> float:
         raise NotImplementedError
 
-    def _grad_norm(self) -> float:
-        norm = self.ds.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+    def _grad_norm(self) -> torch.Tensor | float:
+        norm = self.ds.get_global_grad_norm()  # our optimizer's device tensor, or DeepSpeed's float
+        return norm if norm is not None else float("nan")
+
+    def _skipped(self) -> torch.Tensor | bool:
+        """Our fp32 optimizer skips non-finite steps on the device (`skipped`); DeepSpeed's decide on the host."""
+        flag = getattr(self.ds.optimizer, "skipped", None)
+        return flag if flag is not None else not self.ds.was_step_applied()
 
     def _to_device(self, b: Batch) -> Batch:
         dev = self.ctx.device
@@ -142,7 +180,7 @@ class DenseEngine(TrainEngine):
 
     def _micro_loss(self, b: Batch) -> torch.Tensor:
         b = self._to_device(b)
-        return weighted_loss(self.ds(b.tokens), b.labels, b.weights)
+        return self.ds(b.tokens, labels=b.labels, weights=b.weights)  # sum of weighted token losses
 
     def train_step(self, micro_batches):
         self.ds.train()
@@ -152,8 +190,10 @@ class DenseEngine(TrainEngine):
             self.ds.backward(loss)
             self.ds.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             total += loss.detach().float()
-        return StepResult(loss=self._mean_over_dp(total / len(micro_batches)), grad_norm=self._grad_norm(),
-                          skipped=not self.ds.was_step_applied())
+        return StepResult(loss=total / len(micro_batches), grad_norm=self._grad_norm(), skipped=self._skipped())
+
+    def _reduce_losses(self, losses):
+        return self._mean_over_dp(losses)
 
     @torch.no_grad()
     def eval_loss(self, micro_batches):
@@ -162,7 +202,7 @@ class DenseEngine(TrainEngine):
         for b in micro_batches:
             total += self._micro_loss(b).float()
         self.ds.train()
-        return self._mean_over_dp(total / len(micro_batches))
+        return float(self._mean_over_dp(total / len(micro_batches)))
 
     @torch.no_grad()
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -177,12 +217,12 @@ class DenseEngine(TrainEngine):
         finally:
             self.ds.train()
 
-    def _mean_over_dp(self, value: torch.Tensor) -> float:
+    def _mean_over_dp(self, value: torch.Tensor) -> torch.Tensor:
         n = self.ctx.layout.data_context  # context ranks hold partial losses of the same samples
         if n > 1:
             collectives.all_reduce(value, group=self.ctx.dp_cp_group)
             value = value / n
-        return float(value)
+        return value
 
 
 class PipeEngine(TrainEngine):
@@ -197,8 +237,7 @@ class PipeEngine(TrainEngine):
 
     def train_step(self, micro_batches):
         loss = self.ds.train_batch(self._feed(micro_batches))  # averaged over micro-batches and data ranks
-        return StepResult(loss=float(loss), grad_norm=self._grad_norm(),
-                          skipped=not self.ds.was_step_applied())
+        return StepResult(loss=loss, grad_norm=self._grad_norm(), skipped=self._skipped())
 
     @torch.no_grad()
     def eval_loss(self, micro_batches):
@@ -206,7 +245,25 @@ class PipeEngine(TrainEngine):
         return float(loss)
 
 
-# The dtype parameters are built in: what DeepSpeed would cast the module to anyway.
+def compiles(cfg: TrainingConfig, device: torch.device) -> bool:
+    """train.compile, or where it is null: on CUDA unless ZeRO-3 (whose parameter hooks run inside the blocks)."""
+    if cfg.train.compile is not None:
+        return cfg.train.compile
+    return device.type == "cuda" and cfg.parallel.zero_stage < 3
+
+
+def compile_blocks(module: torch.nn.Module) -> int:
+    """torch.compile every transformer Block in place (`Module.compile`: parameter names, hooks and
+    checkpoints are unchanged). The blocks share their code, so one compilation serves them all;
+    it happens in the first forward. Returns how many blocks were compiled."""
+    blocks = [m for m in module.modules() if isinstance(m, Block)]
+    for block in blocks:
+        block.compile()
+    return len(blocks)
+
+
+# The dtype parameters are built in (weight_precision: fp32 under bf16 autocast): what DeepSpeed
+# would cast the module to anyway.
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -223,7 +280,7 @@ def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
     import deepspeed
 
     layout = ctx.layout
-    dtype = PARAM_DTYPES[cfg.train.precision]
+    dtype = PARAM_DTYPES[weight_precision(cfg)]
     slots = Slots.of(ctx, cfg.parallel, draw=init_weights, params_dtype=dtype, rng=rng)
     if layout.pipeline > 1:
         with torch.device(ctx.device):
@@ -258,7 +315,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
     layout = ctx.layout
     rng = RNGTracker(ctx.device)
     plain = uses_plain_optimizer(cfg)
-    ds_config = deepspeed_config(cfg, layout)
+    ds_config = deepspeed_config(cfg, layout, ctx.device.type)
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints to stdout; ours is for results
         module = build_module(cfg, ctx, shape, init_weights=init_weights, ds_config=ds_config, rng=rng)
     mpu = None if layout.pipeline > 1 else ctx.mpu()  # a PipelineModule brings its own grid (same rank layout)
@@ -267,13 +324,18 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
         canonical = partial(canonical_name, n_layer=cfg.model.n_layer) if layout.pipeline > 1 else (lambda name: name)
         apply_peft(module, peft, cfg.model, slots=Slots(layout.tensor, ctx.tp_group), seed=cfg.train.seed,
                    canonical=canonical)
+    if compiles(cfg, ctx.device):
+        compile_blocks(module)
     counts = count_parameters(module, ctx)
     optimizer = build_optimizer(module.named_parameters(), cfg.optim, plain_fp32=plain,
                                 norm_fn=partial(global_grad_norm, tp_rank=ctx.tp_rank,
-                                                model_parallel_group=ctx.model_parallel_group),
-                                fused=ctx.device.type == "cuda")
+                                                model_parallel_group=ctx.model_parallel_group))
     with contextlib.redirect_stdout(sys.stderr):
         ds, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=ds_config, mpu=mpu)
+    if layout.data_context == 1 and layout.pipeline == 1 and deepspeed_zero_stage(cfg) == 0:
+        # Nothing to average over: without this DeepSpeed still flattens every gradient into a buffer,
+        # all-reduces it over the one-rank data group and copies it back, each step.
+        ds.enable_backward_allreduce = False
     log.get("engine").debug("deepspeed engine %s ready", type(ds).__name__)
     # Dropout streams, seeded once everything is built: the default one shared by the tensor ranks
     # of a stage, the tensor-parallel one different on each (gpt/parallel/rng.py).

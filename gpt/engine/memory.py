@@ -7,13 +7,19 @@ also the weights) with the bytes DeepSpeed 0.19 actually allocates for our confi
 `model_state_bytes`); `plan_ranks` / `estimate_step` add DeepSpeed's buffers and the activations
 autograd saves, per pipeline stage. `estimate` is the model-state part of the busiest rank (the
 start-up report's first memory line, with frozen parameters for fine-tuning).
+
+bf16 under torch.autocast (train.autocast, the default for bf16) keeps fp32 weights, gradients and
+optimizer state and is counted as fp32 (`weight_precision`); the bf16 copies autocast makes during
+a step are activations. The loss is the fused, chunked head + cross entropy (gpt/model/loss.py): it
+keeps x's and the head weight's fp32 gradients for backward and one chunk of logits at a time,
+never the logits of the whole vocabulary.
 """
 
 from dataclasses import dataclass
 
 from gpt.config.training import TrainingConfig
 from gpt.config.validate import Layout
-from gpt.engine.deepspeed_config import deepspeed_zero_stage
+from gpt.engine.deepspeed_config import bf16_autocast, deepspeed_zero_stage, weight_precision
 from gpt.engine.pipeline import blocks_per_stage, stage_boundaries
 from gpt.model.build import ModelShape
 from gpt.model.gpt import layer_parameters
@@ -52,7 +58,7 @@ def estimate(cfg: TrainingConfig, shape: ModelShape, layout: Layout, trainable: 
     stage (model_state_bytes); `trainable`: parameters that train on the busiest rank (fine-tuning),
     default all."""
     params, stage = max(stage_parameters(cfg, shape, layout)), deepspeed_zero_stage(cfg)
-    w, g, o = model_state_bytes(params, cfg.train.precision, stage, layout.data_context, _sub_group_size(cfg),
+    w, g, o = model_state_bytes(params, weight_precision(cfg), stage, layout.data_context, _sub_group_size(cfg),
                                 trainable=trainable)
     return MemoryEstimate(params=params, zero_stage=stage, weights=w, gradients=g, optimizer=o)
 
@@ -145,11 +151,11 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
     - ZeRO 3: the parameters gathered whole (the module running plus what is prefetched:
       stage3_prefetch_bucket_size elements, at most all of them) and the largest layer's whole
       gradient before its reduce-scatter (with the gathered layer, DeepSpeed's "largest layer memory");
-    - pipelines, last stage: the previous micro-batch's logits (each pipe buffer keeps its output
+    - pipelines, last stage: the previous micro-batch's hidden states (each pipe buffer keeps its output
       until it is reused) and, with tied embeddings, a copy of the embedding's gradient for the
       all-reduce between first and last stage.
     """
-    zero, e, z = deepspeed_zero_stage(cfg), ELEMENT[cfg.train.precision], _zero_config(cfg)
+    zero, e, z = deepspeed_zero_stage(cfg), ELEMENT[weight_precision(cfg)], _zero_config(cfg)
     out = 0.0
     if zero >= 2:
         out += e * min(int(float(z.get("reduce_bucket_size", 5e8))), params)
@@ -159,8 +165,8 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
     if layout.pipeline > 1 and stage == layout.pipeline - 1:
         m, t = cfg.model, layout.tensor
         tokens = cfg.train.micro_batch_size * cfg.train.seq_len // layout.context
-        if layout.grad_accum > 1:
-            out += e * tokens * shape.padded_vocab // t
+        if layout.grad_accum > 1:  # its output is the hidden states (the loss fuses the head)
+            out += ELEMENT[cfg.train.precision] * tokens * m.n_embd
         if m.tie_embeddings:
             out += 4 * shape.padded_vocab // t * m.n_embd
     return out
@@ -171,9 +177,12 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
 ALLREDUCE_BUCKET = 500_000_000
 
 
-def reduce_copy_bytes(cfg: TrainingConfig, zero: int, params: int) -> float:
-    """ZeRO 0 only: the flattened copy of the gradients (one bucket at most) made after backward."""
-    return ELEMENT[cfg.train.precision] * min(ALLREDUCE_BUCKET, params) if zero == 0 else 0.0
+def reduce_copy_bytes(cfg: TrainingConfig, layout: Layout, zero: int, params: int) -> float:
+    """ZeRO 0 only: the flattened copy of the gradients (one bucket at most) made after backward;
+    none with one data(-x-context) rank and no pipeline (the engine turns the all-reduce off)."""
+    if zero != 0 or (layout.data_context == 1 and layout.pipeline == 1):
+        return 0.0
+    return ELEMENT[weight_precision(cfg)] * min(ALLREDUCE_BUCKET, params)
 
 
 def block_activation_elements(cfg: TrainingConfig, shape: ModelShape, tensor: int, batch: int, seq: int) -> float:
@@ -201,8 +210,7 @@ def stage_activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layou
     """(bytes, micro-batches in flight) of the activations a rank of pipeline `stage` holds at its peak:
     every block's saved tensors for each micro-batch in flight (one without pipelining; 1F1B holds
     min(stages - stage, micro-batches)), with activation checkpointing only each block's input plus
-    one block recomputed; the last stage adds the loss (fp32 softmax of its vocabulary slice, and the
-    logits it is computed from)."""
+    one block recomputed; the last stage adds the fused loss (`loss_bytes`)."""
     m, t, cp = cfg.model, layout.tensor, layout.context
     ckpt = cfg.train.activation_checkpointing if checkpointing is None else checkpointing
     micro, seq = micro_batch_size or cfg.train.micro_batch_size, cfg.train.seq_len // cp  # this rank's share
@@ -217,10 +225,22 @@ def stage_activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layou
         per_micro += m.n_embd * tokens * e  # the embedding output (the first block's input)
     if last:
         norm = (3 if m.norm == "rmsnorm" else 2) * m.n_embd * tokens * e
-        vocab = shape.padded_vocab // t * tokens
-        per_micro += norm + vocab * (4 + e + (4 if e != 4 else 0))  # softmax (fp32) + logits (+ fp32 copy)
+        per_micro += norm + loss_bytes(cfg, shape, t, tokens)
     in_flight = min(layout.pipeline - stage, layout.grad_accum) if layout.pipeline > 1 else 1
     return per_micro * in_flight, in_flight
+
+
+def loss_bytes(cfg: TrainingConfig, shape: ModelShape, tensor: int, tokens: int) -> float:
+    """The fused head + cross entropy (gpt/model/loss.py) on one tensor rank for `tokens` tokens: the
+    fp32 gradients of x (tokens, h) and of the head weight (v/p, h) it keeps for backward, one chunk of
+    logits in fp32 (and in bf16, under autocast, with bf16 copies of x and the weight)."""
+    from gpt.model.loss import CHUNK_ELEMENTS
+
+    h, v = cfg.model.n_embd, shape.padded_vocab // tensor
+    chunk = min(tokens, max(1, CHUNK_ELEMENTS // v)) * v
+    low = bf16_autocast(cfg) or cfg.train.precision != "fp32"
+    copies = 2 * (v + tokens) * h if bf16_autocast(cfg) else 0
+    return 4 * tokens * h + 4 * v * h + chunk * (4 + (4 if low else 0)) + copies
 
 
 def largest_layer(cfg: TrainingConfig, shape: ModelShape, tensor: int) -> int:
@@ -242,13 +262,13 @@ def plan_ranks(cfg: TrainingConfig, shape: ModelShape, layout: Layout, *, stage_
     stage_largest = stage_largest or [big] * layout.pipeline
     zero, out = deepspeed_zero_stage(cfg), []
     for s, (params, largest) in enumerate(zip(stage_params, stage_largest)):
-        w, g, o = model_state_bytes(params, cfg.train.precision, zero, layout.data_context, _sub_group_size(cfg))
+        w, g, o = model_state_bytes(params, weight_precision(cfg), zero, layout.data_context, _sub_group_size(cfg))
         act, flight = stage_activation_bytes(cfg, shape, layout, s)
         other, _ = stage_activation_bytes(cfg, shape, layout, s, checkpointing=not cfg.train.activation_checkpointing)
         out.append(RankPlan(stage=s, params=params, largest_layer=largest, weights=w, gradients=g, optimizer=o,
                             buffers=buffer_bytes(cfg, shape, layout, s, params, largest), activations=act,
                             activations_other=other, micro_batches_in_flight=flight,
-                            reduce_copy=reduce_copy_bytes(cfg, zero, params)))
+                            reduce_copy=reduce_copy_bytes(cfg, layout, zero, params)))
     return out
 
 

@@ -44,52 +44,55 @@ def global_grad_norm(params, tp_rank: int, model_parallel_group) -> torch.Tensor
     squares are summed over the tensor x pipeline group. (DeepSpeed's clip_grad_norm_ gets the
     replicated parameters of later pipeline stages wrong, hence our own.)
     """
-    sq = torch.zeros((), dtype=torch.float32)
-    for p in params:
-        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
-            continue
-        if tp_rank == 0 or getattr(p, "tensor_model_parallel", False):
-            sq = sq.to(p.grad.device) + p.grad.detach().float().pow(2).sum()
+    grads = [p.grad.detach() for p in params if p.grad is not None and not getattr(p, "ds_pipe_replicated", False)
+             and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))]
+    if grads:  # one foreach kernel per device and dtype, accumulated in fp32
+        sq = torch.nn.utils.get_total_norm(grads, 2.0).float().pow(2)
+    else:
+        sq = torch.zeros((), dtype=torch.float32)
     if model_parallel_group is not None:
         collectives.all_reduce(sq, group=model_parallel_group)  # sq may be a CPU zero on a rank with no gradients
     return sq.sqrt()
 
 
 class NormTrackingAdamW(torch.optim.AdamW):
-    """AdamW that measures (and clips to) the global gradient norm before stepping.
+    """AdamW that measures (and clips to) the global gradient norm before stepping, all on the device.
 
-    Used only where DeepSpeed hands the step to the plain client optimizer (ZeRO 0 in fp32): there
-    DeepSpeed neither reports the norm nor clips in a pipeline-aware way. DeepSpeed reads
-    `_global_grad_norm` after `step()`, and `overflow`: a non-finite norm (a NaN/inf loss, or
-    gradients that overflowed) skips the update, as DeepSpeed's ZeRO and bf16 optimizers do, so the
-    weights, Adam moments and step count stay those of the last good step. The norm is reduced
-    over every rank that holds a part of the model, so all ranks skip together.
+    Used only where DeepSpeed hands the step to the plain client optimizer (ZeRO 0 in fp32, and
+    bf16 as autocast over fp32 weights): there DeepSpeed neither reports the norm nor clips in a
+    pipeline-aware way. DeepSpeed reads `_global_grad_norm` after `step()`. A non-finite norm (a
+    NaN/inf loss, or gradients that overflowed) skips the update, as DeepSpeed's ZeRO and bf16
+    optimizers do, so the weights, Adam moments and step count stay those of the last good step;
+    the decision never leaves the device: the fused AdamW kernel takes it as `found_inf` (the way
+    torch's GradScaler skips steps), and `skipped` holds it for the trainer to read later. The
+    norm is reduced over every rank that holds a part of the model, so all ranks skip together.
     """
 
     def __init__(self, params, *, max_norm: float, norm_fn, **kwargs):
-        super().__init__(params, **kwargs)
+        super().__init__(params, **dict(kwargs, fused=True))  # found_inf needs the fused kernel
         self.max_norm = max_norm
         self.norm_fn = norm_fn
         self._global_grad_norm = None
-        self.overflow = False
+        self.skipped = None  # () bool tensor after a step: the update was not applied
 
     @torch.no_grad()
     def step(self, closure=None):
         params = [p for g in self.param_groups for p in g["params"]]
         norm = self.norm_fn(params)
         self._global_grad_norm = norm
-        self.overflow = not bool(torch.isfinite(norm))
-        if self.overflow:  # DeepSpeed zeroes the gradients after step() and counts the skip
-            return None
+        self.skipped = ~torch.isfinite(norm)
+        self.found_inf = self.skipped.float()  # read by torch.optim.AdamW.step (fused): 1.0 skips the update
         if self.max_norm > 0:
             torch.nn.utils.clip_grads_with_norm_([p for p in params if p.grad is not None], self.max_norm, norm)
         return super().step(closure)
 
 
-def build_optimizer(named_params, cfg: OptimConfig, *, plain_fp32: bool, norm_fn, fused: bool = False):
-    """The client optimizer handed to DeepSpeed (lr starts at 0: the schedule sets it every step)."""
+def build_optimizer(named_params, cfg: OptimConfig, *, plain_fp32: bool, norm_fn):
+    """The client optimizer handed to DeepSpeed (lr starts at 0: the schedule sets it every step).
+
+    Always torch's fused AdamW (one kernel over all tensors, on CPU and CUDA alike)."""
     groups = param_groups(named_params, cfg.weight_decay)
-    kwargs = dict(lr=0.0, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
+    kwargs = dict(lr=0.0, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=True)
     if plain_fp32:
         return NormTrackingAdamW(groups, max_norm=cfg.grad_clip, norm_fn=norm_fn, **kwargs)
     return torch.optim.AdamW(groups, **kwargs)

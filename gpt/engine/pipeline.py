@@ -13,20 +13,30 @@ import torch
 
 from gpt.config.training import ModelConfig
 from gpt.model.build import ModelShape
-from gpt.model.gpt import Block, Embedding, Norm, Output, weighted_loss
-from gpt.model.slots import LayerInit, Slots
+from gpt.model.gpt import Block, Embedding, Norm, Output
+from gpt.model.slots import LayerInit, Slots, VocabHead
 
 
-def _tied_head(output: Output):
-    def forward(embedding: Embedding, x):
-        return output(x, embedding.wte.weight)
+class LastOutput(Output):
+    """The last stage's head: hands (hidden states, head weight) to the loss, which fuses the two."""
 
-    return forward
+    def forward(self, x):
+        return x, self.head.weight
 
 
-def _loss(logits, labels_and_weights):
-    labels, weights = labels_and_weights
-    return weighted_loss(logits, labels, weights)
+def _tied_head(embedding: Embedding, x):
+    """forward_fn of the last stage's copy of the tied embedding: its table is the head's weight."""
+    return x, embedding.wte.weight
+
+
+def _fused_loss(head: VocabHead):
+    """loss_fn of the pipeline: the head and the cross entropy in one (gpt/model/loss.py); `head` holds no weight."""
+
+    def loss(outputs, labels_and_weights):
+        (x, weight), (labels, weights) = outputs, labels_and_weights
+        return head(x, weight, labels, weights)
+
+    return loss
 
 
 def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) -> list:
@@ -45,11 +55,9 @@ def layer_specs(cfg: ModelConfig, shape: ModelShape, slots: Slots, seed: int) ->
     specs += [LayerSpec(Block, cfg, slots, init(1 + i), shape.ffn_hidden) for i in range(n)]
     specs.append(LayerSpec(Norm, cfg, slots))
     if cfg.tie_embeddings:
-        head = Output(cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size)  # holds no weight when tied
-        specs.append(TiedLayerSpec("embed", Embedding, *emb_args(), forward_fn=_tied_head(head),
-                                   tied_weight_attr="wte.weight"))
+        specs.append(TiedLayerSpec("embed", Embedding, *emb_args(), forward_fn=_tied_head, tied_weight_attr="wte.weight"))
     else:
-        specs.append(LayerSpec(Output, cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size))
+        specs.append(LayerSpec(LastOutput, cfg, slots, init(n + 2), shape.padded_vocab, shape.vocab_size))
     return specs
 
 
@@ -94,10 +102,13 @@ def build_pipeline(cfg: ModelConfig, shape: ModelShape, slots: Slots, *, seed: i
                 super()._synchronize_tied_weights()
 
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data_context)
-    module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology, loss_fn=_loss,
-                         checkpointable_layers=["Block"], activation_checkpoint_func=slots.recompute)
+    loss_head = slots.vocab_head(cfg.n_embd, shape.padded_vocab, vocab_size=shape.vocab_size, init=None, tied=True)
+    module = GPTPipeline(layers=layer_specs(cfg, shape, slots, seed), topology=topology,
+                         loss_fn=_fused_loss(loss_head), checkpointable_layers=["Block"],
+                         activation_checkpoint_func=slots.recompute)
     # Recompute each Block in backward (with both random streams replayed, as in the one-module
-    # model: slots.recompute; the embedding, norm and head are kept). Set through the public setter, which also precomputes which layers qualify: without
+    # model: slots.recompute; the embedding, norm and head are kept). Set through the public
+    # setter, which also precomputes which layers qualify: without
     # it the module's own forward skips every layer until a PipelineEngine has wrapped it.
     module.set_checkpoint_interval(1 if activation_checkpointing else 0)
     return module

@@ -3,7 +3,6 @@
 import math
 
 import torch
-import torch.nn.functional as F
 
 
 @torch.no_grad()
@@ -15,9 +14,7 @@ def mean_loss(model, loader, *, batches: int, device) -> dict:
         for b in loader.global_batch(k * gbs):
             b = b.to(device)
             mask = (b.weights > 0).float()  # the loader's weights normalise per step; here every token counts once
-            logits = model(b.tokens).float()  # (b, t, v): one process holds the whole vocabulary
-            losses = F.cross_entropy(logits.flatten(0, 1), b.labels.flatten(), reduction="none")
-            total += float((losses.view_as(mask) * mask).sum())
+            total += float(model(b.tokens, labels=b.labels, weights=mask))  # fused head + loss
             weight += float(mask.sum())
     loss = total / weight
     return {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "tokens": int(weight)}

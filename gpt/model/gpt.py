@@ -147,27 +147,22 @@ class Norm(nn.Module):
 
 
 class Output(nn.Module):
-    """Hidden states to vocab-parallel logits (b, t, v/p); the weight is the embedding's when tied.
+    """Hidden states to vocab-parallel logits (b, t, v/p), or with labels straight to the loss (the
+    head fused with the cross entropy: full logits never exist); the weight is the embedding's when tied.
 
-    Rows from `vocab_size` on pad the table (model.vocab_multiple): their logits are the lowest
-    finite value of the dtype, so they never take probability mass (exp underflows to exactly 0;
-    a zero pad row would score 0, far above real GPT-2 logits) and differences of logits stay finite.
+    Rows from `vocab_size` on pad the table (model.vocab_multiple) and never take probability mass:
+    the loss leaves them out, and their logits are the dtype's lowest value (a zero pad row would
+    score 0, far above real GPT-2 logits).
     """
 
     def __init__(self, cfg: ModelConfig, slots: Slots, init: LayerInit, vocab: int, vocab_size: int):
         super().__init__()
-        self.head = slots.column(cfg.n_embd, vocab, bias=False, init=init.normal(), tied=cfg.tie_embeddings)
-        self.vocab_size = vocab_size
-        local = vocab // slots.tp_size
-        first = slots.tp_rank * local  # this rank's rows are [first, first + local)
-        # Where the model is being built; on the CPU while that is the meta device (materialize moves it).
-        rows = torch.arange(first, first + local, device="cpu" if torch.empty(0).is_meta else None)
-        self.register_buffer("padding", rows >= vocab_size, persistent=False)  # (v/p,)
-        self.padded = first + local > vocab_size
+        self.head = slots.vocab_head(cfg.n_embd, vocab, vocab_size=vocab_size, init=init.normal(),
+                                     tied=cfg.tie_embeddings)
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        logits = self.head(x, weight=weight)[0]  # (b, t, v/p)
-        return logits.masked_fill(self.padding, torch.finfo(logits.dtype).min) if self.padded else logits
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(x, weight, labels, weights)
 
 
 class GPT(nn.Module):
@@ -189,8 +184,10 @@ class GPT(nn.Module):
         self.activation_checkpointing = False
         self.recompute = slots.recompute
 
-    def forward(self, idx: torch.Tensor, caches=None) -> torch.Tensor:
-        """Token ids (b, t) -> vocab-parallel logits (b, t, v/p)."""
+    def forward(self, idx: torch.Tensor, caches=None, labels: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (b, t) -> vocab-parallel logits (b, t, v/p); with labels and weights (b, t), the loss
+        sum_i weights_i * cross_entropy_i (a scalar) without materialising the logits."""
         start = caches[0].length if caches else 0
         x = self.embedding(idx, start)
         for i, block in enumerate(self.blocks):
@@ -198,19 +195,17 @@ class GPT(nn.Module):
                 x = self.recompute(block, x)
             else:
                 x = block(x, caches[i] if caches else None)
-        return self.output(self.norm(x), self.embedding.wte.weight if self.cfg.tie_embeddings else None)
+        tied = self.embedding.wte.weight if self.cfg.tie_embeddings else None
+        return self.output(self.norm(x), tied, labels, weights)
 
 
 def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per token (b, t) from vocab-parallel logits; the full logits are never gathered."""
+    """Cross-entropy per token (b, t) from vocab-parallel logits (b, t, v/p) as `GPT(idx)` returns them,
+    the full logits never gathered. Training and gpt-eval use the fused loss (`GPT(idx, labels=,
+    weights=)`) instead, which never materialises the logits at all."""
     from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
     return vocab_parallel_cross_entropy(logits.float(), labels)
-
-
-def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Sum of per-token losses times per-token weights (the data loader normalises the weights)."""
-    return (token_losses(logits, labels) * weights).sum()
 
 
 def layer_parameters(cfg: ModelConfig, vocab: int, ffn_hidden: int, tensor: int = 1) -> list[int]:

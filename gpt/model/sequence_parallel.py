@@ -81,6 +81,11 @@ class _SyncGrad(torch.autograd.Function):
         return collectives.all_reduce(grad.contiguous(), group=ctx.group), None
 
 
+def gather_sequence(x, group):
+    """(b, t/p, h) -> (b, t, h) over the tensor group; backward: reduce-scatter."""
+    return _Gather.apply(x, group)
+
+
 def sync_grad(p, group):
     return None if p is None else _SyncGrad.apply(p, group)
 

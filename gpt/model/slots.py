@@ -6,7 +6,9 @@ input features (followed by an all-reduce), the vocab-parallel embedding its row
 classes (gpt/model/tp_layers.py), imported only for tensor size > 1. At tensor size 1 there is
 nothing to split and the slots are plain `F.linear` / `F.embedding` modules with the same parameter
 names, shapes, init and tensor-parallel attributes (so one process never imports megatron: a
-one-process load, e.g. gpt-generate, starts seconds sooner).
+one-process load, e.g. gpt-generate, starts seconds sooner). The output head (`VocabHead`, any
+tensor size) is ours at every size: given labels it goes straight to the loss, fused and chunked
+(gpt/model/loss.py), so the logits of the whole vocabulary never exist.
 
 Init without the whole matrix. A weight's values are defined tile by tile along the dimension its
 slot splits over the tensor group (rows of column-parallel weights and of the embedding, columns of
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from gpt.model.context_parallel import ContextParallelAttention, local_positions
+from gpt.model.loss import linear_cross_entropy
 
 TILE = 256  # rows (or columns) per init tile: a property of the tensor, never of the layout
 _MASK = (1 << 64) - 1
@@ -224,6 +227,52 @@ class ReplicatedEmbedding(nn.Embedding):
         slots.initialize(self.weight, init, dim=None)
 
 
+class VocabHead(nn.Module):
+    """Hidden states -> logits of this rank's vocabulary rows, or straight to the loss (any tensor size).
+
+    forward(x, weight=None) -> logits (b, t, v/p), padding rows at the dtype's lowest value;
+    forward(x, weight=None, labels=, weights=) -> sum_i weights_i * CE_i, fused and chunked
+    (gpt/model/loss.py): the full logits never exist. `weight` is the embedding's when tied. One
+    module for both, so that ZeRO-3 gathers the weight whichever is asked for. Its weight is the
+    column-parallel slot's (rows split, drawn tile-wise by rows), so checkpoints do not see the class.
+    """
+
+    slot = "head"
+
+    def __init__(self, n_embd: int, n_vocab: int, *, slots: "Slots", vocab_size: int, init, tied: bool):
+        super().__init__()
+        local = n_vocab // slots.tp_size
+        self.first, self.vocab_size = slots.tp_rank * local, vocab_size  # rows [first, first + local) live here
+        self.tp_group = slots.tp_group if slots.tp_size > 1 else None
+        self.sequence_parallel = slots.sequence_parallel
+        self.weight = None
+        if not tied:
+            self.weight = nn.Parameter(torch.empty(local, n_embd, dtype=slots.params_dtype))
+            set_split(self.weight, 0)
+            slots.initialize(self.weight, init, dim=0)
+        # Where the model is being built; on the CPU while that is the meta device (materialize moves it).
+        rows = torch.arange(self.first, self.first + local, device="cpu" if torch.empty(0).is_meta else None)
+        self.register_buffer("padding", rows >= vocab_size, persistent=False)  # (v/p,)
+        self.padded = self.first + local > vocab_size
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.weight if weight is None else weight  # (v/p, h)
+        if self.sequence_parallel:  # (b, t/p, h) -> (b, t, h); backward: reduce-scatter (sums x's gradients)
+            from gpt.model.sequence_parallel import gather_sequence
+
+            x = gather_sequence(x, self.tp_group)
+        if labels is not None:
+            return linear_cross_entropy(x, w, labels, weights, vocab_size=self.vocab_size, first=self.first,
+                                        group=self.tp_group, reduce_input_grad=not self.sequence_parallel)
+        if self.tp_group is not None and not self.sequence_parallel:
+            from gpt.model.tp_layers import copy_to_tensor_region
+
+            x = copy_to_tensor_region(x, self.tp_group)  # backward: all-reduce x's gradient
+        logits = F.linear(x, w)  # (b, t, v/p)
+        return logits.masked_fill(self.padding, torch.finfo(logits.dtype).min) if self.padded else logits
+
+
 def is_column(module: nn.Module) -> bool:
     """A column-parallel linear (any tensor size): output features split, replicated input."""
     return getattr(module, "slot", None) == "column"
@@ -295,6 +344,10 @@ class Slots:
         if self.tp_size == 1:
             return Embedding(n_vocab, n_embd, slots=self, init=init)
         return self._vocab(n_vocab, n_embd, slots=self, init=init)
+
+    def vocab_head(self, n_embd: int, n_vocab: int, *, vocab_size: int, init, tied: bool) -> VocabHead:
+        """The output projection, rows split like the embedding's; fused with the loss when given labels."""
+        return VocabHead(n_embd, n_vocab, slots=self, vocab_size=vocab_size, init=init, tied=tied)
 
     def embedding(self, n: int, n_embd: int, *, init) -> nn.Embedding:
         """A replicated table (learned positions)."""

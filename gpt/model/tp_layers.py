@@ -8,7 +8,8 @@ slice only. Imported only where the tensor group has more than one rank.
 
 import torch
 from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
+                                           copy_to_tensor_model_parallel_region)
 from megatron.core.utils import get_pg_rank
 
 from gpt.model.slots import ZEROS, set_split
@@ -24,6 +25,11 @@ def megatron_config(tp_size: int, params_dtype: torch.dtype) -> ModelParallelCon
 def group_rank(group) -> int:
     """This process's rank in the tensor group (megatron's own accessor: also a layout-only group)."""
     return get_pg_rank(group)
+
+
+def copy_to_tensor_region(x: torch.Tensor, group) -> torch.Tensor:
+    """x as it is; backward: its gradient all-reduced over the tensor group (entering a column-parallel op)."""
+    return copy_to_tensor_model_parallel_region(x, group=group)
 
 
 class ParallelColumn(ColumnParallelLinear):

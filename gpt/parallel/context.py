@@ -98,7 +98,17 @@ class ParallelContext:
         collectives.barrier()
 
 
-def initialize(layout: Layout, device: str = "auto", timeout_minutes: int = 30) -> ParallelContext:
+def group_timeout(backend: str) -> timedelta:
+    """The collective timeout of every process group: torch's default for the backend (NCCL 10 minutes,
+    gloo 30), because DeepSpeed creates its groups (pipeline, ZeRO) without a timeout, i.e. with that
+    default; the world and megatron's groups get the same, so no group gives up earlier than another."""
+    from torch.distributed import constants
+
+    nccl = getattr(constants, "default_pg_nccl_timeout", None)
+    return nccl if backend == "nccl" and nccl is not None else constants.default_pg_timeout
+
+
+def initialize(layout: Layout, device: str = "auto") -> ParallelContext:
     """Start torch.distributed (a one-process group when not launched by torchrun) and megatron groups."""
     from megatron.core import parallel_state
 
@@ -107,7 +117,7 @@ def initialize(layout: Layout, device: str = "auto", timeout_minutes: int = 30) 
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
-        timeout = timedelta(minutes=timeout_minutes)
+        timeout = group_timeout(backend)
         if "WORLD_SIZE" in os.environ:  # torchrun / the launcher: env:// rendezvous
             dist.init_process_group(backend, timeout=timeout, device_id=dev if dev.type == "cuda" else None)
         else:  # plain `python -m gpt.pretrain`, generation, export: a world of one, no ports
@@ -118,7 +128,7 @@ def initialize(layout: Layout, device: str = "auto", timeout_minutes: int = 30) 
         tensor_model_parallel_size=layout.tensor,
         pipeline_model_parallel_size=layout.pipeline,
         context_parallel_size=layout.context,
-        distributed_timeout_minutes=timeout_minutes,
+        distributed_timeout_minutes=round(group_timeout(backend).total_seconds() / 60),
         create_gloo_process_groups=False,
         order=RANK_ORDER,
     )

@@ -17,6 +17,18 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> tuple[torch.
     return torch.device("cpu"), "gloo"
 
 
+def cuda_settings(tensor: int) -> None:
+    """Environment megatron's tensor-parallel layers rely on, set before CUDA starts in this process.
+
+    With tensor parallelism, megatron overlaps the all-reduce of each column-parallel layer's input
+    gradient with the weight-gradient matmul (async_op); the communication kernel must be queued
+    before the matmul, which only one hardware work queue per device guarantees
+    (CUDA_DEVICE_MAX_CONNECTIONS=1, as Megatron-LM's launch scripts set it). A value the user set is kept.
+    """
+    if tensor > 1:
+        os.environ.setdefault("CUDA_DEVICE_MAX_CONNECTIONS", "1")
+
+
 def check_precision(preference: str, precision: str) -> None:
     """Refuse, before any process group, a precision this machine has no kernels for.
 

@@ -8,7 +8,7 @@ from signal to exit takes at most one training step (or one evaluation batch) pl
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from safetensors import SafetensorError
 
@@ -17,10 +17,11 @@ from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.save import Checkpointer, SaveFailed, why_failed
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
-from gpt.engine.engine import TrainEngine
+from gpt.engine.engine import StepResult, TrainEngine, compiles
 from gpt.engine.optim import lr_at
 from gpt.errors import CheckpointError, DataError, GptError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
+from gpt.trainer.prefetch import Prefetcher
 from gpt.trainer.progress import Progress
 from gpt.trainer.replicas import check_replicas
 from gpt.trainer.signals import StopRequest, any_rank
@@ -46,6 +47,10 @@ class Session:
     checkpointer: Checkpointer | None = None  # writes checkpoints (asynchronously by default)
     flops_per_token: float = 0.0  # model training FLOPs per token (no recomputation counted)
     peak_flops: float | None = None  # summed over all ranks; None: MFU is not reported
+    prefetch: Prefetcher | None = None  # the next step's batches, read while this one computes
+    pending: list = field(default_factory=list)  # PendingStep: stepped, not yet read back from the device
+    window_start: float | None = None  # when the first pending step started
+    steps_run: int = 0  # optimizer steps this process has taken
     tensorboard: TensorBoardSink | None = None
     task_manager: object = None  # lm-eval's TaskManager for eval.tasks (built before the process groups)
     harness: object = None  # the lm-eval LM over the training model, made on first use
@@ -55,11 +60,21 @@ class Session:
         return self.engine.ctx
 
     def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
         self.checkpointer.close()  # a save in flight is finished first
         self.metrics.close()
         self.wandb.finish()
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+@dataclass
+class PendingStep:
+    step: int
+    lr: float
+    result: StepResult  # device tensors
+    data_time: float  # seconds this step waited for its batches
 
 
 def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
@@ -87,10 +102,13 @@ def evaluate(s: Session, stop: StopRequest | None = None) -> float | None:
 
 
 def fetch(s: Session):
-    """(this rank's micro-batches of the next step or None, the DataError that prevented it or None, seconds)."""
+    """(this rank's micro-batches of the next step or None, the DataError that prevented it or None, seconds
+    waited). They come from the prefetch thread, which then starts reading the step after."""
+    if s.prefetch is None:
+        s.prefetch = Prefetcher(s.train_data, s.cfg.train.global_batch_size, pin_memory=s.ctx.device.type == "cuda")
     t0 = time.perf_counter()
     try:
-        return s.train_data.global_batch(s.state.consumed_samples), None, time.perf_counter() - t0
+        return s.prefetch.get(s.state.consumed_samples), None, time.perf_counter() - t0
     except DataError as e:  # a shard damaged or truncated while training runs
         return None, e, time.perf_counter() - t0
 
@@ -119,6 +137,7 @@ def save(s: Session, *, best: bool = False) -> None:
     `best` at it once it is complete. The previous save is finished first: a failed write (a full
     disk), this one's or the previous one's, is one line saying what is kept (the previous
     checkpoints are untouched: a save only becomes visible when complete)."""
+    read_steps(s)  # the trainer state (skipped steps) must include every step taken
     kept = s.state.best_step
     try:
         s.checkpointer.save(step=s.state.step, trainer_state=s.state.to_dict(), config=s.config_dict,
@@ -223,34 +242,67 @@ def is_bad(loss: float, skipped: bool, precision: str) -> bool:
     return not math.isfinite(loss) or (skipped and precision != "fp16")
 
 
-def train_step(s: Session, batches, data_s: float) -> dict:
-    """One optimizer step on this rank's micro-batches (fetched by `fetch`): set the LR, step, record metrics."""
+def train_step(s: Session, batches, data_s: float) -> None:
+    """One optimizer step on this rank's micro-batches (fetched by `fetch`): set the LR, step. Nothing is
+    read back from the device here (no host synchronisation): `read_steps` records a window of steps."""
     cfg, st, t = s.cfg, s.state, s.cfg.train
     step = st.step + 1
     lr = lr_at(step, cfg.optim, t.steps)
     s.engine.set_lr(lr)
-    t1 = time.perf_counter()
+    t0 = time.perf_counter()
+    if s.window_start is None:
+        s.window_start = t0 - data_s
     result = s.engine.train_step(batches)
-    dt = time.perf_counter() - t1 + data_s
+    if s.steps_run == 0 and compiles(cfg, s.ctx.device) and s.ctx.is_logging_rank:  # CPU: the step; GPU: its host side
+        logger.info("first step: %.1f s including torch.compile of the blocks", time.perf_counter() - t0)
+    s.steps_run += 1
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size
-    # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
-    # same skip decision (DeepSpeed reduces its overflow check), so this is the same everywhere.
-    bad = is_bad(result.loss, result.skipped, t.precision)
-    skipped = result.skipped or bad
-    st.skipped_steps += int(skipped)
-    st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
-    record = {"step": step, "loss": result.loss, "lr": lr, "grad_norm": result.grad_norm,
-              "tokens_per_s": t.global_batch_size * t.seq_len / dt, "step_time_s": dt, "data_time_s": data_s,
-              "consumed_samples": st.consumed_samples, "skipped": skipped, "skipped_steps": st.skipped_steps,
-              "mfu": t.global_batch_size * t.seq_len / dt * s.flops_per_token / s.peak_flops if s.peak_flops else None}
-    _record(s, record)
+    s.pending.append(PendingStep(step, lr, result, data_s))
     if t.check_replicas_every and step % t.check_replicas_every == 0:
         check_replicas(s.engine, step)
-    if bad and s.ctx.is_logging_rank:
-        logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
-                       step, result.loss, result.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
-    return record
+
+
+def reading_due(s: Session, step: int) -> bool:
+    """Read the device every logging.every steps (every step with 0), and before evaluating (loss or
+    tasks), saving or stopping, so that metrics.jsonl stays in step order."""
+    cfg, every = s.cfg, s.cfg.logging.every
+    return (not every or step % every == 0 or step >= min(cfg.train.steps, cfg.train.stop_at or cfg.train.steps)
+            or bool(cfg.eval.every and step % cfg.eval.every == 0)
+            or bool(cfg.checkpoint.every and step % cfg.checkpoint.every == 0)
+            or bool(cfg.eval.tasks and step % cfg.eval.tasks_every == 0))
+
+
+def read_steps(s: Session) -> list[dict]:
+    """Read back the pending steps (one host synchronisation), update the bad-step counts and write
+    their records; returns them. Every rank calls it at the same steps (a collective over data ranks)."""
+    if not s.pending:
+        return []
+    st, t = s.state, s.cfg.train
+    figures = s.engine.read([p.result for p in s.pending])
+    now = time.perf_counter()
+    dt = (now - s.window_start) / len(s.pending)  # mean step time of the window (the device ran them back to back)
+    tokens_per_s = t.global_batch_size * t.seq_len / dt
+    records = []
+    for p, f in zip(s.pending, figures):
+        # Every rank sees the same loss (reduced over data ranks, broadcast from the last stage) and the
+        # same skip decision (the gradient norm is reduced over all ranks), so this is the same everywhere.
+        bad = is_bad(f.loss, f.skipped, t.precision)
+        skipped = f.skipped or bad
+        st.skipped_steps += int(skipped)
+        st.bad_steps_in_row = st.bad_steps_in_row + 1 if bad else 0
+        record = {"step": p.step, "loss": f.loss, "lr": p.lr, "grad_norm": f.grad_norm, "tokens_per_s": tokens_per_s,
+                  "step_time_s": dt, "data_time_s": p.data_time, "consumed_samples": st.consumed_samples
+                  - (st.step - p.step) * t.global_batch_size, "skipped": skipped, "skipped_steps": st.skipped_steps,
+                  "mfu": tokens_per_s * s.flops_per_token / s.peak_flops if s.peak_flops else None}
+        _record(s, record)
+        records.append(record)
+        if bad and s.ctx.is_logging_rank:
+            logger.warning("step %d: loss %s, grad norm %s: update skipped (%d in a row, train.max_bad_steps=%d)",
+                           p.step, f.loss, f.grad_norm, st.bad_steps_in_row, t.max_bad_steps)
+    s.pending.clear()
+    s.window_start = None
+    return records
 
 
 def train(s: Session, stop: StopRequest) -> TrainerState:
@@ -269,10 +321,12 @@ def train(s: Session, stop: StopRequest) -> TrainerState:
     while st.step < last:
         if failed:
             data_failure(s, error, saved=saved_at == st.step)
-        record = train_step(s, batches, data_s)
-        step = record["step"]
-        progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
-                        f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
+        train_step(s, batches, data_s)
+        step = st.step
+        if reading_due(s, step):  # the bad-step counts below are those of the last read
+            record = read_steps(s)[-1]
+            progress.update(step, record["loss"], record["lr"], record["grad_norm"], record["tokens_per_s"],
+                            f" | MFU {record['mfu']:.1%}" if record["mfu"] is not None else "")
         diverged = bool(t.max_bad_steps) and st.bad_steps_in_row >= t.max_bad_steps
         batches, error, data_s = fetch(s) if st.step < last else (None, None, 0.0)
         # One all-reduce carries every decision all ranks must take together after a step.

@@ -19,14 +19,14 @@ from gpt.config.validate import validate_training
 from gpt.data import build_loaders, load_tokenizer, read_metadata
 from gpt.data.format import fingerprint
 from gpt.engine import memory
-from gpt.engine.deepspeed_config import deepspeed_zero_stage
-from gpt.engine.engine import build_engine
+from gpt.engine.deepspeed_config import bf16_autocast, deepspeed_zero_stage
+from gpt.engine.engine import build_engine, compiles
 from gpt.engine.pipeline import blocks_per_stage
 from gpt.errors import CheckpointError, TrainingError
 from gpt.model.build import model_shape
 from gpt.model.gpt import count_parameters, flops_per_token
 from gpt.parallel import context as parallel
-from gpt.parallel.device import check_precision
+from gpt.parallel.device import check_precision, cuda_settings
 from gpt.parallel.peak import job_peak
 from gpt.trainer import init_from, run_lock
 from gpt.trainer.loop import Session, materialize_optimizer_state, save, train
@@ -104,6 +104,7 @@ def pretrain(cfg: TrainingConfig) -> int:
     if cfg.model.init_from:
         init_from.prepare(cfg, data_dir(cfg))
     layout = validate_training(cfg)  # before any process group: config errors fail in the first seconds
+    cuda_settings(layout.tensor)  # before anything starts CUDA
     check_precision(cfg.device, cfg.train.precision)  # what this machine's kernels allow
     shape = model_shape(cfg.model, read_metadata(data_dir(cfg))["tokenizer"]["vocab_size"])
     check_memory(cfg, shape, layout)
@@ -219,7 +220,8 @@ def open_session(cfg: TrainingConfig, ctx, shape, *, log_to_run_dir: bool = True
     writes = ctx.is_logging_rank and log_to_run_dir
     if writes:
         _write_config(cdict, run_dir)
-    session.flops_per_token = flops_per_token(cfg.model, shape.padded_vocab, shape.ffn_hidden, cfg.train.seq_len)
+    # Model FLOPs: the real vocabulary (the fused loss never computes padding rows), no recomputation.
+    session.flops_per_token = flops_per_token(cfg.model, shape.vocab_size, shape.ffn_hidden, cfg.train.seq_len)
     session.peak_flops, peak_source = job_peak(ctx.device, cfg.train.precision, cfg.train.peak_flops)  # collective
     if ctx.is_logging_rank:
         _report(cfg, ctx, shape, session.flops_per_token, session.peak_flops, peak_source, engine.counts,
@@ -238,7 +240,8 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     """What a user checks before burning GPU hours: size, cost per token, layout, memory, peak."""
     layout = ctx.layout
     n = count_parameters(cfg.model, shape.padded_vocab, shape.ffn_hidden)
-    logger.info("model %s: %s parameters (vocab %d padded to %d), %.4g training FLOPs/token at seq_len %d",
+    logger.info("model %s: %s parameters (vocab %d padded to %d), %.4g model FLOPs/token at seq_len %d (MFU counts "
+                "these: no recomputation)",
                 cfg.model.name, f"{n:,}", shape.vocab_size, shape.padded_vocab, fpt, cfg.train.seq_len)
     stages = ""
     if layout.pipeline > 1:
@@ -247,9 +250,11 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     logger.info("layout: %s (ranks: tensor fastest, then data, then pipeline)%s", layout.describe(), stages)
     zero = deepspeed_zero_stage(cfg)
     note = " (run as stage 1: DeepSpeed's BF16 optimizer shards its fp32 state)" if zero != cfg.parallel.zero_stage else ""
-    logger.info("precision %s; ZeRO stage %d%s; %s; %s (%s)", cfg.train.precision, cfg.parallel.zero_stage, note,
+    precision = cfg.train.precision + (" (torch.autocast over fp32 weights)" if bf16_autocast(cfg) else "")
+    logger.info("precision %s; ZeRO stage %d%s; %s; %s; %s (%s)", precision, cfg.parallel.zero_stage, note,
                 "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
-                ctx.device, ctx.backend)
+                "torch.compile of the blocks" if compiles(cfg, ctx.device) else "no torch.compile", ctx.device,
+                ctx.backend)
     if zero3 is not None:
         if zero3.partitioned == 0 and layout.data > 1:
             logger.warning("%s: nothing is partitioned; for a model this small set "

@@ -12,12 +12,29 @@ def derive(*overrides, world=2):
     return deepspeed_config(cfg, validate_training(cfg, world_size=world))
 
 
-@pytest.mark.parametrize("stage, ds_stage", [(0, 1), (1, 1), (2, 2), (3, 3)])
-def test_bf16_keeps_fp32_gradients_and_masters(stage, ds_stage):
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_bf16_is_autocast_over_fp32_weights(stage):
+    """The default bf16: fp32 to DeepSpeed (weights, gradients, optimizer), torch.autocast in its
+    forward, every gradient reduced in fp32 (no lower-precision modules); ZeRO as configured."""
     ds = derive("train.precision=bf16", f"parallel.zero_stage={stage}")
+    assert ds["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    assert "bf16" not in ds and "fp16" not in ds and ds["zero_optimization"]["stage"] == stage
+    assert ds["gradient_clipping"] == (0.0 if stage == 0 else 1.0)  # stage 0: our optimizer clips
+
+
+@pytest.mark.parametrize("stage, ds_stage", [(0, 1), (1, 1), (2, 2), (3, 3)])
+def test_bf16_engine_keeps_fp32_gradients_and_masters(stage, ds_stage):
+    ds = derive("train.precision=bf16", "train.autocast=false", f"parallel.zero_stage={stage}")
     assert ds["bf16"] == {"enabled": True} and ds["data_types"] == {"grad_accum_dtype": "fp32"}
     assert ds["zero_optimization"]["stage"] == ds_stage  # stage 0 runs DeepSpeed's BF16_Optimizer
-    assert "fp16" not in ds
+    assert "fp16" not in ds and "torch_autocast" not in ds
+
+
+def test_gpu_defaults_overlap_the_gradient_reduction():
+    cfg = compose("pretrain", ["parallel.zero_stage=2", "+deepspeed.zero_optimization={overlap_comm:false}"])
+    zero = deepspeed_config(cfg, validate_training(cfg, world_size=2), "cuda")["zero_optimization"]
+    assert zero == {"overlap_comm": False, "contiguous_gradients": True, "stage": 2}  # the user's value wins
+    assert "overlap_comm" not in derive("parallel.zero_stage=2")["zero_optimization"]  # CPU: no side streams
 
 
 def test_fp16_uses_dynamic_loss_scaling():

@@ -45,14 +45,24 @@ def test_estimate_follows_the_measured_peak_of_real_runs():
     assert 0.85 < ratio < 1.15, ratio
 
 
-def test_llama_8b_has_its_published_size():
-    cfg = compose("pretrain", ["model=llama-8b", "train.precision=bf16", "parallel.zero_stage=1"])
-    m = estimate(cfg, model_shape(cfg.model, 128256), Layout(world=8, tensor=1, pipeline=1, data=8, grad_accum=1))
-    assert m.params == 8_030_261_248
+def test_llama_8b_bf16_zero1_over_8_ranks():
+    """8,030,261,248 parameters. DeepSpeed's bf16 engine: 16.06 GB bf16 weights, 32.12 GB fp32
+    gradients, 12 B/param / 8; autocast: fp32 weights and gradients (plus the fp32 partition at the
+    step, 4 B/param / 8) and, as for fp32, DeepSpeed's fp32 partition plus Adam state, 12 B/param / 8."""
+    n = 8_030_261_248
+    layout = Layout(world=8, tensor=1, pipeline=1, data=8, grad_accum=1)
+    cfg = compose("pretrain", ["model=llama-8b", "train.precision=bf16", "train.autocast=false",
+                               "parallel.zero_stage=1"])
+    m = estimate(cfg, model_shape(cfg.model, 128256), layout)
+    assert m.params == n
+    assert (m.weights, m.gradients, m.optimizer) == (2 * n, 4 * n, 12 * n / 8)
+    cfg.train.autocast = True
+    m = estimate(cfg, model_shape(cfg.model, 128256), layout)
+    assert (m.weights, m.gradients, m.optimizer) == (4 * n, 4 * n + 4 * n / 8, 12 * n / 8)
 
 
 def test_bf16_at_stage_0_is_counted_as_deepspeed_runs_it():
-    cfg = compose("pretrain", ["train.precision=bf16", "parallel.zero_stage=0"])
+    cfg = compose("pretrain", ["train.precision=bf16", "train.autocast=false", "parallel.zero_stage=0"])
     m = estimate(cfg, model_shape(cfg.model, 256), Layout(world=2, tensor=1, pipeline=1, data=2, grad_accum=1))
     assert m.zero_stage == 1 and m.optimizer == 12 * m.params / 2
 

@@ -1,7 +1,8 @@
-"""Learning-rate schedule and weight-decay groups."""
+"""Learning-rate schedule, weight-decay groups, our fp32 optimizer's clipping and on-device skips."""
 
 import math
 
+import pytest
 import torch
 
 from gpt.config.training import OptimConfig
@@ -30,3 +31,41 @@ def test_no_decay_on_biases_and_norms():
     decay, no_decay = groups
     assert decay["weight_decay"] == 0.1 and [p.shape for p in decay["params"]] == [(4, 4)]
     assert no_decay["weight_decay"] == 0.0 and len(no_decay["params"]) == 2  # linear bias, norm bias (weight frozen)
+
+
+def _norm_tracking(max_norm=1.0):
+    from gpt.engine.optim import NormTrackingAdamW, global_grad_norm
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = NormTrackingAdamW(model.parameters(), max_norm=max_norm, lr=0.1,
+                            norm_fn=lambda ps: global_grad_norm(ps, tp_rank=0, model_parallel_group=None))
+    return model, opt
+
+
+def test_a_non_finite_gradient_skips_the_step_on_the_device():
+    """The skip is decided by the fused AdamW kernel from a device flag (no host read): weights,
+    moments and the step count stay those of the last good step; the flag is left for the trainer."""
+    model, opt = _norm_tracking()
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    assert opt.defaults["fused"] and torch.is_tensor(opt.skipped) and not bool(opt.skipped)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    opt.step()
+    assert bool(opt.skipped) and torch.isnan(opt._global_grad_norm)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(m, opt.state[p]["exp_avg"]) for m, p in zip(moments, model.parameters()))
+    assert all(int(opt.state[p]["step"]) == 1 for p in model.parameters())
+
+
+def test_clipping_to_the_global_norm():
+    model, opt = _norm_tracking(max_norm=0.5)
+    model(torch.ones(2, 4)).sum().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    opt.step()
+    assert float(opt._global_grad_norm) == pytest.approx(float(grads.norm()), rel=1e-6)
+    clipped = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert float(clipped.norm()) == pytest.approx(0.5, rel=1e-4)

@@ -54,6 +54,36 @@ def test_layout_matches_one_process(launch, name):
         assert assert_zero3_partitioned(run.proc.stderr, data=2) == 40
 
 
+# The speed settings train the same model. torch.compile (inductor) fuses the blocks' pointwise ops and
+# may reorder their sums: fp32 round-off again, the same tolerances. Reading the metrics back from the
+# device in windows (logging.every) instead of every step changes no computation: bit-identical.
+SPEED = {
+    "compile": (1, "gpt2", ("train.compile=true",)),
+    "tp2-compile": (2, "gpt2", ("parallel=tp2", "train.compile=true")),
+}
+
+
+@pytest.mark.parametrize("name", SPEED)
+def test_compiled_blocks_match_one_eager_process(launch, name):
+    nproc, arch, overrides = SPEED[name]
+    run = launch(nproc, arch, *overrides)
+    dev = deviation(launch(1, arch).run_dir, run.run_dir)
+    print(f"{name}: {dev}")
+    assert dev.loss < LOSS_RTOL and dev.val_loss < LOSS_RTOL and dev.grad_norm < NORM_RTOL, f"{name}: {dev}"
+    assert "including torch.compile of the blocks" in run.proc.stderr
+
+
+def test_metrics_read_in_windows_are_those_of_every_step(launch):
+    """logging.every=4: the device is read at steps 4, 5 (evaluation), 8 and 10 only; every step's
+    record is still written, with the very numbers of the reference, which reads every step."""
+    (ref, ref_evals), (steps, evals) = read_metrics(launch(1, "gpt2").run_dir), \
+        read_metrics(launch(1, "gpt2", "logging.every=4").run_dir)
+    assert [(r["step"], r["loss"], r["grad_norm"], r["skipped"]) for r in steps] == \
+        [(r["step"], r["loss"], r["grad_norm"], r["skipped"]) for r in ref]
+    assert [r["val_loss"] for r in evals] == [r["val_loss"] for r in ref_evals]
+    assert len({r["step_time_s"] for r in steps[:4]}) == 1  # one timing per window
+
+
 def test_startup_report_of_tensor_and_pipeline(launch):
     """Rank 0's report for TP=2 x PP=2: 3 blocks split 2/1; the busiest rank is stage 0's tensor half:
     embedding 384x64/2 + positions 64x64 + 2 blocks of 25,184 = 66,752 parameters; fp32 ZeRO-1
@@ -69,10 +99,12 @@ def test_startup_report_of_tensor_and_pipeline(launch):
 
 
 def counted_flops_per_token(arch: str) -> float:
-    """FLOPs of one forward+backward of the one-process model, counted by PyTorch (math attention,
-    so that its matmuls are counted), per token: what MFU must put over the peak."""
+    """FLOPs of one training forward+backward of the one-process model (the head fused with the loss,
+    which leaves the padding rows of the vocabulary out), counted by PyTorch (math attention, so that
+    its matmuls are counted), per token: what MFU must put over the peak."""
     import torch
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils import flop_counter
     from torch.utils.flop_counter import FlopCounterMode
 
     from gpt.config import compose
@@ -85,8 +117,11 @@ def counted_flops_per_token(arch: str) -> float:
     ctx = parallel.initialize(Layout(1, 1, 1, 1, 1), "cpu")
     try:
         model = build_model(m, model_shape(m, 257), seed=1, tp_group=ctx.tp_group)
-        with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
-            model(torch.randint(0, 257, (2, 32))).float().sum().backward()
+        # torch's table lacks the in-place addmm_ with which the fused loss accumulates the head's gradient
+        addmm_ = {torch.ops.aten.addmm_: flop_counter.addmm_flop.__wrapped__}  # addmm's formula, unwrapped
+        with FlopCounterMode(display=False, custom_mapping=addmm_) as counter, sdpa_kernel(SDPBackend.MATH):
+            idx = torch.randint(0, 257, (2, 33))
+            model(idx[:, :-1], labels=idx[:, 1:], weights=torch.ones(2, 32)).backward()
     finally:
         parallel.destroy()
     return counter.get_total_flops() / (2 * 32)

@@ -51,7 +51,8 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_gradients(worl
     shape = model_shape(cfg, 257)
     x = torch.randint(0, 257, (2, 16), generator=torch.Generator().manual_seed(0))
     reference = build_model(cfg, shape, seed=9, tp_group=world_of_one.tp_group)
-    reference(x).sum().backward()
+    labels, weights = torch.roll(x, -1, 1), torch.full(x.shape, 1 / x.numel())
+    reference(x, labels=labels, weights=weights).backward()
     expected = dict(reference.named_parameters())
 
     for checkpointing in (False, True):
@@ -61,7 +62,7 @@ def test_activation_checkpointing_recomputes_blocks_with_the_same_gradients(worl
         for layer in pipe.modules():
             if isinstance(layer, Block):
                 layer.register_forward_pre_hook(lambda *_: calls.append(1))
-        pipe(x).sum().backward()
+        pipe.loss_fn(pipe(x), (labels, weights)).backward()  # the last stage's (hidden, head weight) -> fused loss
         assert len(calls) == (6 if checkpointing else 3)  # each block once more in backward
         for name, p in pipe.named_parameters():
             # Same weights, same ops: only the order of a few sums may differ (round-off).

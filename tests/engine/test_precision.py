@@ -1,7 +1,7 @@
 """Mixed precision trains the same model as fp32, within the distance its rounding explains.
 
 bf16 keeps 8 mantissa bits (relative rounding 2^-9 ~ 2e-3 per value), fp16 11 (~5e-4); the loss
-is a mean over 256 tokens and the master weights, gradients and Adam state stay fp32, so over 10
+is a mean over 256 tokens and the (master) weights, gradients and Adam state stay fp32, so over 10
 steps the loss stays within ~1e-3 of the fp32 run (observed: ~3e-4 bf16, ~3e-5 fp16) and the
 gradient norm within ~1e-2 (observed ~3e-3). We allow 2e-2 and 1e-1: a real bug (no fp32
 masters, lost loss scale, a gradient not reduced) breaks training outright, and the 10-step loss
@@ -16,9 +16,11 @@ from parity import deviation, run_overrides
 pytestmark = pytest.mark.distributed
 
 RUNS = {
-    # DeepSpeed's BF16_Optimizer (fp32 masters and gradient accumulation, sharded over 2 data ranks)
+    # torch.autocast over fp32 weights (the default bf16): our fused AdamW, gradients all-reduced in fp32
     "bf16-dp2-zero0": (2, ("train.precision=bf16",)),
-    "bf16-pp2-zero1": (2, ("parallel=pp2", "train.precision=bf16")),  # pipeline + BF16_Optimizer
+    "bf16-pp2-zero1": (2, ("parallel=pp2", "train.precision=bf16")),  # pipeline + DeepSpeed's ZeRO-1 optimizer
+    # DeepSpeed's bf16 engine: BF16_Optimizer (fp32 masters and gradient accumulation, sharded over 2 data ranks)
+    "bf16-engine-dp2-zero0": (2, ("train.precision=bf16", "train.autocast=false")),
     "fp16-dp2-zero2": (2, ("parallel=zero2", "train.precision=fp16")),  # ZeRO-2, dynamic loss scale
 }
 

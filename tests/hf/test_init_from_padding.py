@@ -9,8 +9,8 @@ its weights, which changes nothing for `transformers` (softmax is shift-invarian
     u = c / ln_f.weight                 logit_j = ln_f(x) . (w_j + u) = logit_j + c * sum(ln_f.bias / ln_f.weight)
 
 (LayerNorm's normalised output sums to 0 over the hidden size, so h . u is the same constant at
-every position.) gpt-eval, and the training loss at tensor 1 and 2, must then equal transformers'
-loss on the same tokens.
+every position.) gpt-eval (one process) and the training and validation losses at tensor 2 must
+then equal transformers' loss on the same tokens.
 
 Tolerance 1e-4: fp32 round-off of logits of magnitude ~100 is ~1e-5 (the wte + u, wpe - u
 cancellation adds ~1e-6 relative to the embeddings on both sides alike); a padding column at 0
@@ -93,22 +93,21 @@ def test_the_shift_changes_nothing_for_transformers(shifted_gpt2):
     assert (logits.log_softmax(-1) - plain.log_softmax(-1)).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("layout", ["parallel=single", pytest.param("parallel=tp2", marks=pytest.mark.distributed)])
-def test_init_from_gpt2_keeps_its_loss(shifted_gpt2, shards, tmp_path, layout):
+@pytest.mark.distributed
+def test_init_from_gpt2_keeps_its_loss(shifted_gpt2, shards, tmp_path):
+    """Tensor 2: training loss (step 1) and validation loss; tensor 1: gpt-eval of the run's step-0
+    checkpoint (init_from's weights, loaded into one process)."""
     hf, model = shifted_gpt2
     run = tmp_path / "run"
-    args = tiny_overrides(shards, run, f"model.init_from={hf}", layout, *RUN)
-    if layout == "parallel=single":
-        run_module("gpt.pretrain", args, check=True)
-    else:
-        torchrun(2, "gpt.pretrain", args)
-    assert fmt.read_meta(fmt.checkpoints_dir(run) / "step_00000000")["config"]["model"]["vocab_multiple"] == 128
+    args = tiny_overrides(shards, run, f"model.init_from={hf}", "parallel=tp2", *RUN)
+    torchrun(2, "gpt.pretrain", args)
+    step0 = fmt.checkpoints_dir(run) / "step_00000000"
+    meta = fmt.read_meta(step0)
+    assert meta["config"]["model"]["vocab_multiple"] == 128 and meta["layout"]["tensor"] == 2
     steps, evals = read_metrics(run)
+    val = _hf_loss(model, _batches(args, train=False, n=2))
     assert abs(steps[0]["loss"] - _hf_loss(model, _batches(args, train=True, n=1))) < 1e-4
-    assert abs(evals[0]["val_loss"] - _hf_loss(model, _batches(args, train=False, n=2))) < 1e-4
-    if layout == "parallel=single":  # gpt-eval (one process) on the step-0 checkpoint, init_from's weights
-        out = run_module("gpt.evaluate", [f"checkpoint={fmt.checkpoints_dir(run) / 'step_00000000'}", "batch_size=8",
-                                          "iters=2"], check=True).stdout
-        result = json.loads(out)
-        assert result["tokens"] == 2 * 8 * 32
-        assert abs(result["loss"] - _hf_loss(model, _batches(args, train=False, n=2))) < 1e-4
+    assert abs(evals[0]["val_loss"] - val) < 1e-4
+    out = run_module("gpt.evaluate", [f"checkpoint={step0}", "batch_size=8", "iters=2"], check=True).stdout
+    result = json.loads(out)
+    assert result["tokens"] == 2 * 8 * 32 and abs(result["loss"] - val) < 1e-4

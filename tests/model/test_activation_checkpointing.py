@@ -9,7 +9,6 @@ import torch
 from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
 from gpt.model.build import build_model, model_shape
-from gpt.model.gpt import weighted_loss
 from gpt.parallel import context as parallel
 
 ARCHS = {
@@ -44,7 +43,7 @@ def step(arch, ctx, checkpointing):
     x = torch.randint(0, 257, (2, 32), generator=gen)
     torch.manual_seed(7)  # dropout masks; checkpointing replays the RNG state on recomputation
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = weighted_loss(model(x), torch.roll(x, -1, 1), torch.full((2, 32), 1 / 64))
+        loss = model(x, labels=torch.roll(x, -1, 1), weights=torch.full((2, 32), 1 / 64))
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     return grads, len(calls), sum(saved)

@@ -12,7 +12,6 @@ import torch
 from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
 from gpt.model.build import build_model, model_shape
-from gpt.model.gpt import weighted_loss
 from gpt.model.slots import Slots
 from gpt.parallel import context as parallel
 from gpt.parallel.rng import RNGTracker
@@ -104,7 +103,7 @@ def test_recomputation_replays_the_tensor_parallel_stream(world_of_one):
     for checkpointing in (False, True):
         model = _model(world_of_one, 1, checkpointing)
         x = torch.randint(0, 257, (2, 32), generator=torch.Generator().manual_seed(0))
-        weighted_loss(model(x), torch.roll(x, -1, 1), torch.full((2, 32), 1 / 64)).backward()
+        model(x, labels=torch.roll(x, -1, 1), weights=torch.full((2, 32), 1 / 64)).backward()  # fused head + loss
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, g in grads[0].items():
         assert torch.equal(g, grads[1][name]), name

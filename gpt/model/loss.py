@@ -1,0 +1,115 @@
+"""The output head and cross entropy fused, in chunks of tokens: the logits of the whole vocabulary
+never exist at once, in fp32 or otherwise (Liger-Kernel's fused linear cross entropy, in torch ops).
+
+    loss = sum_i w_i * (logsumexp_j(x_i . W_j) - x_i . W_{y_i})       x (n, h), W (v/p, h) this rank's rows
+
+For each chunk of tokens the logits (c, v/p) are computed in the compute dtype (bf16 under autocast),
+reduced in fp32 to the loss, and, when a gradient is wanted, turned at once into the gradients of x
+and W (softmax - onehot, times w_i), so nothing of the chunk is kept for backward: backward only
+scales the two gradients by the incoming scalar. Peak extra memory is one chunk of logits plus W's
+gradient, against the full (n, v) logits, their fp32 copy and the saved softmax of an unfused loss;
+no matmul is recomputed.
+
+Vocab-parallel: W holds rows [first, first + v/p) of the table; the row max, the sum of exponentials
+and the target logit are all-reduced over the tensor group per chunk (Megatron's vocab-parallel
+cross entropy), and x's gradient, a partial sum over this rank's rows, is all-reduced once. Rows at
+or past `vocab_size` pad the table: they are left out of the matmul, so they never take probability
+mass and get a zero gradient.
+"""
+
+import torch
+
+from gpt.parallel import collectives
+
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk (64 MiB in fp32): large enough for efficient matmuls
+
+
+def _all_reduce(t: torch.Tensor, group, op: str = "sum") -> None:
+    """Over the tensor group; None (tensor size 1) means no communication (not the world group)."""
+    if group is not None:
+        collectives.all_reduce(t, op=op, group=group)
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad, reduce_input_grad):
+        # x (n, h), weight (v/p, h), labels (n,) global ids, weights (n,)
+        with torch.autocast(x.device.type, enabled=False):  # dtypes are explicit below
+            return _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad,
+                            reduce_input_grad)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w = ctx.saved_tensors  # fp32: scaled before any cast (fp16 loss scaling needs that)
+        gx = grad_x * grad_out if ctx.x_dtype == torch.float32 else (grad_x * grad_out).to(ctx.x_dtype)
+        gw = grad_w.mul_(grad_out) if ctx.w_dtype == torch.float32 else (grad_w * grad_out).to(ctx.w_dtype)
+        return gx, gw, None, None, None, None, None, None, None, None, None
+
+
+def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad, reduce_input_grad):
+    n = x.shape[0]
+    real = max(0, min(weight.shape[0], vocab_size - first))  # rows of the real vocabulary on this rank
+    w = weight[:real].to(dtype)  # (r, h)
+    xd = x.to(dtype)
+    if need_grad:
+        grad_x = torch.empty(n, x.shape[1], dtype=torch.float32, device=x.device)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)  # padding rows stay 0
+    target = labels - first
+    local = (target >= 0) & (target < real)  # (n,) this rank holds the target's row
+    target = torch.where(local, target, 0)
+    total = torch.zeros((), dtype=torch.float32, device=x.device)
+    for s in range(0, n, chunk):
+        xc, tc, lc, wc = xd[s:s + chunk], target[s:s + chunk], local[s:s + chunk], weights[s:s + chunk].float()
+        logits = (xc @ w.t()).float()  # (c, r)
+        if real:
+            peak = logits.max(dim=-1).values
+        else:
+            peak = torch.full_like(wc, float("-inf"))
+        _all_reduce(peak, group, "max")
+        logits -= peak[:, None]
+        picked = torch.where(lc, logits.gather(1, tc[:, None]).squeeze(1), 0.0) if real else torch.zeros_like(wc)
+        probs = logits.exp_()  # in place: exp(logit - peak)
+        sums = probs.sum(dim=-1)
+        _all_reduce(picked, group)  # (c,) target logit - peak
+        _all_reduce(sums, group)
+        total += ((sums.log() - picked) * wc).sum()
+        if need_grad and real:  # d loss / d logits = w_i * (softmax - onehot)
+            probs.mul_((wc / sums)[:, None])
+            probs.scatter_add_(1, tc[:, None], torch.where(lc, -wc, 0.0)[:, None])
+            g = probs.to(dtype)
+            grad_x[s:s + chunk] = g @ w
+            if dtype == torch.float32:
+                grad_w[:real].addmm_(g.t(), xc)
+            else:
+                grad_w[:real] += g.t() @ xc
+        elif need_grad:
+            grad_x[s:s + chunk] = 0.0
+    if need_grad:
+        if reduce_input_grad:  # x is replicated: its gradient sums every rank's rows
+            _all_reduce(grad_x, group)
+        ctx.save_for_backward(grad_x, grad_w)
+        ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
+    return total
+
+
+def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
+                         vocab_size: int, first: int = 0, group=None, chunk: int | None = None,
+                         reduce_input_grad: bool = True) -> torch.Tensor:
+    """sum_i weights_i * cross_entropy(x_i W^T, labels_i) over vocab-parallel rows W: a scalar.
+
+    x (..., h) hidden states (replicated over the tensor group), weight (v/p, h) this rank's rows
+    from `first`, labels/weights (...); `vocab_size` real rows in the whole table (the rest is padding).
+    reduce_input_grad=False leaves x's gradient a partial sum over this rank's rows, for a caller
+    whose own backward sums it (sequence parallelism's gather: a reduce-scatter).
+    """
+    h = x.shape[-1]
+    x2, labels1, weights1 = x.reshape(-1, h), labels.reshape(-1), weights.reshape(-1)
+    chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
+    need_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+    return _LinearCrossEntropy.apply(x2, weight, labels1, weights1, first, vocab_size, group, chunk,
+                                     _compute_dtype(x), need_grad, reduce_input_grad)
