@@ -48,9 +48,12 @@ def sft_shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def base_run(shards, tmp_path_factory) -> Path:
     """A pretrained run.dir to fine-tune: the tiny model, 10 steps on `shards`. model.init_std=0.2 (as in
-    tests/hf) keeps greedy continuations varied after a few steps, so generation comparisons can fail."""
+    tests/hf) keeps greedy continuations varied after a few steps, so generation comparisons can fail.
+    train.seed=1: of seeds 0-3 and 7 with today's init, the one whose greedy "ROMEO:" continuation uses
+    the most distinct bytes (6; seed 0 repeats one byte, which tests/generation would reject)."""
     run = tmp_path_factory.mktemp("base") / "run"
-    run_module("gpt.pretrain", tiny_overrides(shards, run, "eval.every=0", "device=cpu", "model.init_std=0.2"), check=True)
+    run_module("gpt.pretrain", tiny_overrides(shards, run, "eval.every=0", "device=cpu", "model.init_std=0.2",
+                                              "train.seed=1"), check=True)
     return run
 
 
