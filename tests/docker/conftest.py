@@ -83,12 +83,14 @@ def image(docker, request) -> str:
     size = int(docker.run(["image", "inspect", TAG, "--format", "{{.Size}}"]).stdout)
     base = int(docker.run(["image", "inspect", docker.base, "--format", "{{.Size}}"]).stdout)
     _facts["size"], _facts["base_size"], _facts["at"] = size, base, time.time()
-    request.config.cache.set(CACHE_KEY, _facts)
+    if getattr(request.config, "cache", None) is not None:  # absent under -p no:cacheprovider
+        request.config.cache.set(CACHE_KEY, _facts)
     return TAG
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    facts = config.cache.get(CACHE_KEY, None) or {}
+    cache = getattr(config, "cache", None)
+    facts = (cache.get(CACHE_KEY, None) if cache is not None else dict(_facts)) or {}
     if facts.get("at", 0) >= _session_start:  # built in this session (by this process or an xdist worker)
         _facts.update(facts)
         how = "{} of {} steps from the layer cache".format(*_facts["cached"])
