@@ -97,14 +97,6 @@ def main() -> None:
     if args.child:
         return child(args)
     tmp = Path(tempfile.mkdtemp(prefix="step_memory-"))
-    data = args.data
-    if data is None:
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from train_speed import SHAKESPEARE
-
-        data = str(tmp / "shards")
-        subprocess.run([sys.executable, "-m", "gpt.preprocess", f"input={SHAKESPEARE}", f"output={data}",
-                        "tokenizer.kind=byte"], check=True, capture_output=True, cwd=REPO)
     trees = {"this tree": REPO}
     if args.rev:
         old = tmp / "rev"
@@ -112,13 +104,25 @@ def main() -> None:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", args.rev], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
         trees = {f"{args.rev}": old, **trees}
+    shards = {}  # each tree reads the shards its own gpt-preprocess writes (the format has versions)
+    for label, tree in trees.items():
+        if args.data is not None:
+            shards[label] = args.data
+            continue
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from train_speed import SHAKESPEARE
+
+        shards[label] = str(tmp / f"shards-{tree.name}")
+        subprocess.run([sys.executable, "-m", "gpt.preprocess", f"input={SHAKESPEARE}", f"output={shards[label]}",
+                        "tokenizer.kind=byte"], check=True, capture_output=True, cwd=tree,
+                       env=dict(os.environ, PYTHONPATH=str(tree)))
     gib = 2**30
     print(f"GPT-2 124M training step, seq {args.seq}, batch {args.batch}, one process, CPU", flush=True)
     print(f"{'tree':<12} {'precision':<10} {'between steps':>14} {'step peak':>10} {'step':>8}")
     results = {}
     for precision in args.precision.split(","):
         for label, tree in trees.items():
-            r = measure(tree, precision, args, data, tmp)
+            r = measure(tree, precision, args, shards[label], tmp)
             results[(label, precision)] = r
             print(f"{label:<12} {precision:<10} {r['between'] / gib:>12.2f} G {r['peak'] / gib:>8.2f} G "
                   f"{(r['peak'] - r['between']) / gib:>6.2f} G", flush=True)
