@@ -184,19 +184,21 @@ def bench_zero3(tree: Path, steps: int, table: list) -> None:
     print(table[-1], flush=True)
 
 
-def make_checkpoint(work: Path) -> Path:
+def make_checkpoint(work: Path, tree: Path) -> Path:
+    """A one-step gpt2-124m run made by `tree`'s own gpt-preprocess and gpt-pretrain (the checkpoint and
+    shard formats have versions: each tree generates from a checkpoint it wrote)."""
     text = next(p for p in (REPO.parent / "shared/data/tinyshakespeare.txt",
                             Path("/work/shared/data/tinyshakespeare.txt")) if p.is_file())
     corpus = work / "corpus.txt"
     corpus.write_bytes(text.read_bytes()[:100_000])
-    shards, run = work / "shards", work / "run124m"
+    shards, run = work / f"shards-{tree.name}", work / f"run124m-{tree.name}"
     py = [sys.executable, "-m"]
     subprocess.run([*py, "gpt.preprocess", f"input={corpus}", f"output={shards}", "tokenizer.kind=byte"],
-                   check=True, env=env(REPO), cwd=REPO, capture_output=True)
+                   check=True, env=env(tree), cwd=tree, capture_output=True)
     subprocess.run([*py, "gpt.pretrain", "model=gpt2-124m", "model.vocab_size=50257", f"data.path={shards}",
                     f"run.dir={run}", "train.steps=1", "train.seq_len=64", "train.global_batch_size=1",
                     "train.micro_batch_size=1", "eval.every=0", "logging.wandb.mode=disabled", "device=cpu"],
-                   check=True, env=env(REPO), cwd=REPO, capture_output=True)
+                   check=True, env=env(tree), cwd=tree, capture_output=True)
     return run
 
 
@@ -214,11 +216,11 @@ def first_token_seconds(tree: Path, run: Path) -> float:
 
 
 def bench_ttft(trees: dict[str, Path], work: Path, repeats: int, table: list) -> None:
-    run = make_checkpoint(work)
+    runs = {name: make_checkpoint(work, tree) for name, tree in trees.items()}
     times = {name: [] for name in trees}
     for _ in range(repeats):
         for name, tree in trees.items():
-            times[name].append(first_token_seconds(tree, run))
+            times[name].append(first_token_seconds(tree, runs[name]))
     this, base = statistics.median(times["this tree"]), statistics.median(times["baseline"])
     table.append(("gpt-generate gpt2-124m, time to first token", f"{this:.2f} s (baseline {base:.2f} s)",
                   f"{this / base:.2f}x of baseline (medians of {repeats}, interleaved)", "<= 0.5"))
