@@ -71,10 +71,22 @@ PLAIN_SIDES = {"plain": {}, "plain-compile": dict(compile=True), "plain-fused": 
                "plain-compile-bf16": dict(compile=True, autocast=torch.bfloat16)}
 
 
+def corpus(tmp: Path) -> Path:
+    """tiny shakespeare beside the repository, else ~1 MB of this Python's own sources (a clone elsewhere)."""
+    if SHAKESPEARE.is_file():
+        return SHAKESPEARE
+    import sysconfig
+
+    out = tmp / "corpus.txt"
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    out.write_text("\n".join(p.read_text(errors="replace") for p in sorted(stdlib.glob("*.py"))[:80]))
+    return out
+
+
 def shards(tmp: Path) -> str:
     out = tmp / "shards"
-    subprocess.run([sys.executable, "-m", "gpt.preprocess", f"input={SHAKESPEARE}", f"output={out}",
-                    "tokenizer.kind=byte"], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "gpt.preprocess", f"input={corpus(tmp)}", f"output={out}",
+                    "tokenizer.kind=byte"], check=True, capture_output=True, cwd=REPO)
     return str(out)
 
 

@@ -127,7 +127,10 @@ def test_activation_checkpointing_and_pipelines_lower_the_activation_floor(shard
     full = floor()
     assert floor("train.activation_checkpointing=true") < full
     assert floor("parallel.tensor=2", world=2) < full
-    assert floor("train.micro_batch_size=4", "train.global_batch_size=8") == pytest.approx(2 * full)
+    # Linear in the micro-batch above a fixed part (the fused head keeps the head weight's gradient,
+    # whatever the batch): from 1 to 2 to 4 sequences the growth doubles.
+    one, four = floor("train.micro_batch_size=1"), floor("train.micro_batch_size=4", "train.global_batch_size=8")
+    assert four - full == pytest.approx(2 * (full - one)) and full - one > 0
 
 
 def test_valid_deepspeed_keys_pass_through_unchanged():
