@@ -127,3 +127,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def tiles_drawn(monkeypatch):
+    """How many init tiles were drawn (one generator seeded per tile)."""
+    count = {"tiles": 0}
+    from gpt.model import slots
+
+    mix = slots._mix
+
+    def counting(*parts):
+        count["tiles"] += 1
+        return mix(*parts)
+
+    monkeypatch.setattr(slots, "_mix", counting)
+    return count

@@ -24,7 +24,7 @@ from gpt.data.inputs import InputFile, Unit, slice_of
 from gpt.data.pipeline import (Stats, build_tokenizer, check_documents, encode_units, report, source_of,
                                train_bpe_on_input)
 from gpt.data.tokenizer import Tokenizer
-from gpt.data.writer import ShardWriter, atomic_output, check_output, file_sha256, finish_directory
+from gpt.data.writer import ShardWriter, _alive, atomic_output, check_output, file_sha256, finish_directory
 from gpt.errors import DataError
 
 _log = log.get("data.preprocess")
@@ -179,15 +179,6 @@ def _write_unit(cfg: PreprocessConfig, parts: Path, unit: Unit, tokenizer: Token
     _log.info("unit %d (%s): %d documents, %d tokens, %d shard(s)", unit.index, unit.describe(), stats.documents,
               stats.tokens, len(shards))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _part_problem(parts: Path, unit: Unit, plan: str, check_files: bool = False) -> Optional[str]:

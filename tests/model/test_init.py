@@ -16,7 +16,6 @@ from helpers import env_for_subprocess
 
 from gpt.config.training import ModelConfig
 from gpt.config.validate import Layout
-from gpt.model import slots
 from gpt.model.build import build_model, materialize, model_shape
 from gpt.parallel import context as parallel
 
@@ -45,20 +44,6 @@ def world_of_one():
     ctx = parallel.initialize(Layout(1, 1, 1, 1, 1), "cpu")
     yield ctx
     parallel.destroy()
-
-
-@pytest.fixture
-def tiles_drawn(monkeypatch):
-    """How many init tiles were drawn (one generator seeded per tile)."""
-    count = {"tiles": 0}
-    mix = slots._mix
-
-    def counting(*parts):
-        count["tiles"] += 1
-        return mix(*parts)
-
-    monkeypatch.setattr(slots, "_mix", counting)
-    return count
 
 
 def rank_model(cfg, shape, tp: int, rank: int):

@@ -7,22 +7,7 @@ import pytest
 import torch
 
 from gpt.config import compose
-from gpt.model import slots
 from gpt.parallel import context as parallel
-
-
-@pytest.fixture
-def tiles_drawn(monkeypatch):
-    """How many init tiles were drawn (one generator seeded per tile)."""
-    count = {"tiles": 0}
-    mix = slots._mix
-
-    def counting(*parts):
-        count["tiles"] += 1
-        return mix(*parts)
-
-    monkeypatch.setattr(slots, "_mix", counting)
-    return count
 
 
 @pytest.mark.parametrize("how", ["resume", "init_from"])
