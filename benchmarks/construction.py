@@ -41,9 +41,13 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BASELINE = "45e4254"  # main before this work: megatron CPU init, full-model ZeRO-3, init before loading
 # DeepSpeed's bucket defaults (5e8 elements) size for 80 GB GPUs: on 8 ranks sharing 24 GB they would
-# hold 1 GB of gradient bucket each. gpt-plan shows these buffers (docs/parallelism.md).
+# hold 1 GB of gradient bucket each, and its stage3_max_reuse_distance (1e9 elements) keeps the
+# last ~5e8 parameters gathered whole from their forward to their backward: 1 GB of bf16 per rank.
+# gpt-plan shows these buffers (docs/parallelism.md).
 ZERO3_TUNING = ["+deepspeed.zero_optimization.reduce_bucket_size=20000000",
                 "+deepspeed.zero_optimization.stage3_prefetch_bucket_size=20000000",
+                "+deepspeed.zero_optimization.stage3_max_live_parameters=20000000",
+                "+deepspeed.zero_optimization.stage3_max_reuse_distance=20000000",
                 "+deepspeed.zero_optimization.sub_group_size=10000000",
                 "+deepspeed.zero_optimization.stage3_param_persistence_threshold=0"]
 

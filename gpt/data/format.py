@@ -94,6 +94,17 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
+def int_values(array: pa.Array) -> np.ndarray:
+    """A read-only numpy view of a pyarrow integer array without nulls (offsets, the chunk index).
+    pyarrow's own to_numpy() imports pandas first (1 s of every rank's start-up)."""
+    if array.null_count:
+        raise pa.ArrowInvalid("unexpected nulls")
+    dtype = np.dtype(f"{'u' if pa.types.is_unsigned_integer(array.type) else ''}int{array.type.bit_width}")
+    if len(array) == 0:
+        return np.empty(0, dtype)
+    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+
+
 def write_index(path: Path, chunk_tokens: np.ndarray) -> None:
     """index.arrow: one uint64 column, the tokens of every chunk of every shard, in shard order."""
     table = pa.table({CHUNK_TOKENS: pa.array(np.asarray(chunk_tokens, dtype=np.uint64))},
@@ -113,7 +124,7 @@ def read_index(shard_dir: Path, meta: dict) -> np.ndarray:
     try:
         with pa.OSFile(str(path), "rb") as f:
             table = pa.ipc.open_file(f).read_all()
-        column = table.column(CHUNK_TOKENS).to_numpy()
+        column = int_values(table.column(CHUNK_TOKENS).combine_chunks())
     except (pa.ArrowException, KeyError, OSError) as e:
         raise DataError(f"{path}: not a readable chunk index ({str(e).splitlines()[0]}); {fix}") from None
     if len(column) != entry["chunks"]:

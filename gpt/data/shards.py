@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from gpt import log
-from gpt.data.format import DTYPES, LOSS_MASK, TOKENS, documents_per_chunk, read_index, read_metadata, schema_metadata
+from gpt.data.format import (DTYPES, LOSS_MASK, TOKENS, documents_per_chunk, int_values, read_index, read_metadata,
+                             schema_metadata)
 from gpt.data.tokenizer import Tokenizer, tokenizer_from_dict
 from gpt.data.writer import file_sha256
 from gpt.errors import DataError
@@ -88,11 +89,11 @@ class ShardFile:
             try:
                 batch.validate()
                 tokens = batch.column(TOKENS)
-                offsets = tokens.offsets.to_numpy()
+                offsets = int_values(tokens.offsets)
                 values = tokens.values
                 if self.has_mask:
                     mask = batch.column(LOSS_MASK)
-                    if not np.array_equal(mask.offsets.to_numpy(), offsets):
+                    if not np.array_equal(int_values(mask.offsets), offsets):
                         raise DataError(f"{path}: loss_mask rows differ in length from tokens rows; {FIX}")
                     mask_pos.append(mask.values.buffers()[1].address - base + mask.values.offset)
             except pa.ArrowException as e:

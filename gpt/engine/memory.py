@@ -149,8 +149,11 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
     - ZeRO 2/3: the gradient bucket (zero_optimization.reduce_bucket_size elements, at most the
       rank's parameters);
     - ZeRO 3: the parameters gathered whole (the module running plus what is prefetched:
-      stage3_prefetch_bucket_size elements, at most all of them) and the largest layer's whole
-      gradient before its reduce-scatter (with the gathered layer, DeepSpeed's "largest layer memory");
+      stage3_prefetch_bucket_size elements, or, from the second step on, what DeepSpeed keeps gathered
+      for reuse: a module whose next use is within stage3_max_reuse_distance elements stays gathered,
+      so from the forward to the backward about half that distance of the last layers; at most all of
+      them) and the largest layer's whole gradient before its reduce-scatter (with the gathered layer,
+      DeepSpeed's "largest layer memory");
     - pipelines, last stage: the previous micro-batch's hidden states (each pipe buffer keeps its output
       until it is reused) and, with tied embeddings, a copy of the embedding's gradient for the
       all-reduce between first and last stage.
@@ -161,7 +164,8 @@ def buffer_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layout, stage: 
         out += e * min(int(float(z.get("reduce_bucket_size", 5e8))), params)
     if zero == 3:
         prefetch = int(float(z.get("stage3_prefetch_bucket_size", 5e7)))
-        out += e * min(params, largest + prefetch) + e * largest
+        reused = int(float(z.get("stage3_max_reuse_distance", 1e9))) // 2
+        out += e * min(params, largest + max(prefetch, reused)) + e * largest
     if layout.pipeline > 1 and stage == layout.pipeline - 1:
         m, t = cfg.model, layout.tensor
         tokens = cfg.train.micro_batch_size * cfg.train.seq_len // layout.context

@@ -17,7 +17,6 @@ gpt/parallel/collectives.py.
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from torch.nn.attention.bias import causal_lower_right
 
 from gpt.parallel import collectives
 
@@ -90,6 +89,8 @@ class ContextParallelAttention:
         return torch.utils.checkpoint.checkpoint(self._attend, q, k, v, dropout_p, enable_gqa, use_reentrant=False)
 
     def _attend(self, q, k, v, dropout_p: float, enable_gqa: bool) -> torch.Tensor:
+        from torch.nn.attention.bias import causal_lower_right  # here: the module imports torch._dynamo (1.6 s)
+
         k_all = _GatherSequence.apply(k, self.group, self.cp_size)  # (b, nkv, T, hd)
         v_all = _GatherSequence.apply(v, self.group, self.cp_size)
         c = q.shape[2] // 2

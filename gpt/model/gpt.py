@@ -203,9 +203,9 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy per token (b, t) from vocab-parallel logits (b, t, v/p) as `GPT(idx)` returns them,
     the full logits never gathered. Training and gpt-eval use the fused loss (`GPT(idx, labels=,
     weights=)`) instead, which never materialises the logits at all."""
-    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+    from gpt.parallel.megatron_core import tensor_parallel
 
-    return vocab_parallel_cross_entropy(logits.float(), labels)
+    return tensor_parallel.vocab_parallel_cross_entropy(logits.float(), labels)
 
 
 def layer_parameters(cfg: ModelConfig, vocab: int, ffn_hidden: int, tensor: int = 1) -> list[int]:

@@ -7,12 +7,9 @@ slice only. Imported only where the tensor group has more than one rank.
 """
 
 import torch
-from megatron.core import ModelParallelConfig
-from megatron.core.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
-                                           copy_to_tensor_model_parallel_region)
-from megatron.core.utils import get_pg_rank
 
 from gpt.model.slots import ZEROS, set_split
+from gpt.parallel.megatron_core import ModelParallelConfig, get_pg_rank, tensor_parallel
 
 
 def megatron_config(tp_size: int, params_dtype: torch.dtype) -> ModelParallelConfig:
@@ -29,10 +26,10 @@ def group_rank(group) -> int:
 
 def copy_to_tensor_region(x: torch.Tensor, group) -> torch.Tensor:
     """x as it is; backward: its gradient all-reduced over the tensor group (entering a column-parallel op)."""
-    return copy_to_tensor_model_parallel_region(x, group=group)
+    return tensor_parallel.copy_to_tensor_model_parallel_region(x, group=group)
 
 
-class ParallelColumn(ColumnParallelLinear):
+class ParallelColumn(tensor_parallel.ColumnParallelLinear):
     """ColumnParallelLinear (output rows split), its weight drawn tile-wise by rows."""
 
     slot = "column"
@@ -47,7 +44,7 @@ class ParallelColumn(ColumnParallelLinear):
             slots.initialize(self.bias, ZEROS, dim=0)
 
 
-class ParallelRow(RowParallelLinear):
+class ParallelRow(tensor_parallel.RowParallelLinear):
     """RowParallelLinear (input columns split), its weight drawn tile-wise by columns."""
 
     slot = "row"
@@ -61,7 +58,7 @@ class ParallelRow(RowParallelLinear):
             slots.initialize(self.bias, ZEROS, dim=None)
 
 
-class ParallelVocabEmbedding(VocabParallelEmbedding):
+class ParallelVocabEmbedding(tensor_parallel.VocabParallelEmbedding):
     """VocabParallelEmbedding (rows split), drawn tile-wise by rows."""
 
     slot = "vocab"

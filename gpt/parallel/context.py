@@ -39,39 +39,39 @@ class ParallelContext:
     @property
     def cp_group(self):
         """Ranks that hold the chunks of the same sequences (parallel.context)."""
-        from megatron.core import parallel_state
+        from gpt.parallel.megatron_core import parallel_state
 
         return parallel_state.get_context_parallel_group()
 
     @property
     def dp_cp_group(self):
         """Data x context ranks: they average gradients and share ZeRO state (the dp group without context parallelism)."""
-        from megatron.core import parallel_state
+        from gpt.parallel.megatron_core import parallel_state
 
         return parallel_state.get_data_parallel_group(with_context_parallel=True)
 
     @property
     def tp_group(self):
-        from megatron.core import parallel_state
+        from gpt.parallel.megatron_core import parallel_state
 
         return parallel_state.get_tensor_model_parallel_group()
 
     @property
     def pp_group(self):
-        from megatron.core import parallel_state
+        from gpt.parallel.megatron_core import parallel_state
 
         return parallel_state.get_pipeline_model_parallel_group()
 
     @property
     def dp_group(self):
-        from megatron.core import parallel_state
+        from gpt.parallel.megatron_core import parallel_state
 
         return parallel_state.get_data_parallel_group()
 
     @property
     def model_parallel_group(self):
         """Tensor x pipeline ranks of one model replica."""
-        from megatron.core import parallel_state
+        from gpt.parallel.megatron_core import parallel_state
 
         return parallel_state.get_model_parallel_group()
 
@@ -110,7 +110,7 @@ def group_timeout(backend: str) -> timedelta:
 
 def initialize(layout: Layout, device: str = "auto") -> ParallelContext:
     """Start torch.distributed (a one-process group when not launched by torchrun) and megatron groups."""
-    from megatron.core import parallel_state
+    from gpt.parallel.megatron_core import parallel_state
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev, backend = choose_device(device, local_rank)
@@ -147,7 +147,7 @@ def initialize(layout: Layout, device: str = "auto") -> ParallelContext:
 
 
 def destroy() -> None:
-    from megatron.core import parallel_state
+    from gpt.parallel.megatron_core import parallel_state
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()

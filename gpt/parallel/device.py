@@ -5,6 +5,7 @@ import os
 import torch
 
 from gpt.errors import ConfigError
+from gpt.parallel import lazy_compile
 
 
 def choose_device(preference: str = "auto", local_rank: int = 0) -> tuple[torch.device, str]:
@@ -67,5 +68,10 @@ def prepare_deepspeed(device: torch.device, backend: str) -> None:
     if device.type == "cpu":
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     import deepspeed
+
+    try:  # deepspeed.initialize imports its Muon optimizer (torch.compile'd at import) to check ours
+        lazy_compile.import_module("deepspeed.runtime.zero.muon.muon_optimizer")
+    except ImportError:  # a DeepSpeed without it
+        pass
 
     deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts our torch.distributed group

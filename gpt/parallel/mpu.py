@@ -4,7 +4,7 @@ DeepSpeed's `mpu=` argument wants `get_model_parallel_*` to mean the tensor-para
 it to avoid double-counting replicated parameters in the gradient norm); megatron-core renamed those.
 """
 
-from megatron.core import parallel_state as ps
+from gpt.parallel.megatron_core import parallel_state as ps
 
 
 class MegatronMPU:

@@ -82,7 +82,10 @@ def _tensors(value):
 
 
 def _refuse(message: str):
-    print(f"{MARKER} {message}", file=sys.stderr, flush=True)
+    # One write of the whole line: ranks share torchrun's stderr pipe, and print() writes the text and
+    # the newline separately, so two ranks' refusals could interleave into one line.
+    sys.stderr.flush()
+    os.write(sys.stderr.fileno(), f"{MARKER} {message}\n".encode())
     raise CollectiveGuardError(message)
 
 
