@@ -290,7 +290,8 @@ def build_module(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
     if deepspeed_zero_stage(cfg) == 3:
         # dtype=None: zero.Init takes the precision from the config (given a dtype, DeepSpeed 0.19
         # picks bf16 on CPUs whatever it is). memory_efficient_linear would replace
-        # torch.nn.functional.linear for the rest of the process; our layers do not need it.
+        # torch.nn.functional.linear for the rest of the process; our linear slots use DeepSpeed's
+        # ZeRO-3 linear themselves (Slots.zero3, set by Slots.of).
         init_config = {**ds_config, "zero_optimization": {"memory_efficient_linear": False,
                                                           **ds_config["zero_optimization"]}}
         with deepspeed.zero.Init(data_parallel_group=ctx.dp_cp_group, config_dict_or_path=init_config, dtype=None,

@@ -185,11 +185,13 @@ class Linear(nn.Module):
                 set_split(self.bias, 0)
             slots.initialize(self.bias, ZEROS, dim=0 if self.slot == "column" else None)
 
+        self.linear = slots.linear
+
     def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None):
         w = self.weight if weight is None else weight
         if self.skip_bias_add:
-            return F.linear(x, w), self.bias
-        return F.linear(x, w, self.bias), None
+            return self.linear(x, w), self.bias
+        return self.linear(x, w, self.bias), None
 
 
 class ColumnLinear(Linear):
@@ -288,6 +290,10 @@ class Slots:
     the positions it computes at and its attention core. `draw=False` builds without drawing the init
     (a checkpoint is about to set every weight); `params_dtype`: the dtype slot parameters are allocated in.
     `rng` decides which random stream dropout draws from (Megatron's rule, gpt/parallel/rng.py).
+    `zero3`: the tensor-size-1 linear slots use DeepSpeed's ZeRO-3 linear, which saves the weight
+    parameter itself for backward: F.linear's autograd saves a transposed view of the gathered weight,
+    which would keep every layer's gathered weight alive from its forward to its backward (megatron's
+    tensor-parallel layers save the parameter already).
     """
 
     tp_size: int
@@ -299,9 +305,15 @@ class Slots:
     draw: bool = True
     params_dtype: torch.dtype = torch.float32
     rng: object = None  # a gpt.parallel.rng.RNGTracker: how dropout draws (None: eval-only models)
+    zero3: bool = False
 
     def __post_init__(self):
         self.tp_rank = 0
+        self.linear = F.linear
+        if self.zero3:
+            from deepspeed.runtime.zero.linear import zero3_linear_wrap
+
+            self.linear = zero3_linear_wrap
         self.sequence_parallel = self.sequence_parallel and self.tp_size > 1
         if self.tp_size > 1:  # megatron's layers; imported only here
             from gpt.model import tp_layers
@@ -320,7 +332,8 @@ class Slots:
         """The slots of a rank of a ParallelContext, with parallel.sequence_parallel of its config."""
         return cls(ctx.layout.tensor, ctx.tp_group, sequence_parallel=parallel_cfg.sequence_parallel,
                    cp_rank=ctx.cp_rank, cp_size=ctx.layout.context,
-                   cp_group=ctx.cp_group if ctx.layout.context > 1 else None, **kwargs)
+                   cp_group=ctx.cp_group if ctx.layout.context > 1 else None,
+                   zero3=parallel_cfg.zero_stage == 3 and ctx.layout.pipeline == 1, **kwargs)
 
     def initialize(self, param: torch.Tensor, init, *, dim: int | None) -> None:
         """This rank's slice of `param` (split along `dim` over the tensor group; None: replicated)."""
