@@ -102,7 +102,10 @@ def int_values(array: pa.Array) -> np.ndarray:
     dtype = np.dtype(f"{'u' if pa.types.is_unsigned_integer(array.type) else ''}int{array.type.bit_width}")
     if len(array) == 0:
         return np.empty(0, dtype)
-    return np.frombuffer(array.buffers()[1], dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    data = array.buffers()[1]
+    if data is None or data.size < (array.offset + len(array)) * dtype.itemsize:
+        raise pa.ArrowInvalid("buffer shorter than the array")
+    return np.frombuffer(data, dtype=dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
 def write_index(path: Path, chunk_tokens: np.ndarray) -> None:
