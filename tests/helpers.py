@@ -85,6 +85,19 @@ def assert_guard_silent(proc: subprocess.CompletedProcess) -> None:
         raise AssertionError("a collective broke the rule of gpt/parallel/collectives.py:\n" + "\n".join(lines[:5]))
 
 
+def tagged_records(text: str, tag: str) -> list[dict]:
+    """The JSON object after every `tag ` in `text` (processes sharing a pipe may run lines together)."""
+    import json
+
+    decoder = json.JSONDecoder()
+    out, at = [], text.find(tag + " ")
+    while at >= 0:
+        record, end = decoder.raw_decode(text, at + len(tag) + 1)
+        out.append(record)
+        at = text.find(tag + " ", end)
+    return out
+
+
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(per-step records, evaluation records) of run.dir/metrics.jsonl."""
     import json

@@ -11,6 +11,7 @@ PROBE line per group, "group": its index), sharing the process start and the war
 """
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def main() -> None:
         row = {"rank": ctx.rank, "stage": ctx.pp_rank, "group": i, "measured": (kib("VmHWM") - base) * 1024,
                "plan": plan.total, "model_states": plan.model_states, "buffers": plan.buffers,
                "activations": plan.activations}
-        print("PROBE " + json.dumps(row), flush=True)
+        sys.stdout.flush()  # one write per line: the ranks share torchrun's stdout
+        os.write(sys.stdout.fileno(), ("PROBE " + json.dumps(row) + "\n").encode())
     context.destroy()
 
 

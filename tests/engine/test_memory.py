@@ -11,11 +11,10 @@ left out: 1.19x). The former probe read the process's lifetime peak (ru_maxrss),
 before the engine (data, imports) could set for both sizes alike: a ratio of ~0 in CI.
 """
 
-import json
 import sys
 
 import pytest
-from helpers import env_for_subprocess, torchrun
+from helpers import env_for_subprocess, tagged_records, torchrun
 
 from gpt.config import compose
 from gpt.config.validate import Layout, validate_training
@@ -35,7 +34,7 @@ def test_estimate_follows_the_measured_peak_of_real_runs():
     # See tests/engine/test_plan.py; one malloc arena: per-thread arenas (gloo) add run-to-run noise.
     env = {**env_for_subprocess(), "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
     proc = torchrun(1, "tests.engine.step_memory_probe", args, env=env)
-    rows = [json.loads(line.split("PROBE ", 1)[1]) for line in proc.stdout.splitlines() if "PROBE " in line]
+    rows = tagged_records(proc.stdout, "PROBE")
     small, large = (r["measured"] for r in sorted(rows, key=lambda r: r["group"]))
     est_small, est_large = (estimate_step(c, model_shape(c.model, 257), validate_training(c, world_size=1))
                             for c in (compose("pretrain", [*PROBE, *keys]) for keys in SIZES.values()))

@@ -2,11 +2,10 @@
 DeepSpeed's own estimators, against autograd's saved tensors, and against the measured peak of real
 runs (ZeRO 0 and 3, tensor 2, pipeline 2)."""
 
-import json
 
 import pytest
 import torch
-from helpers import env_for_subprocess, run_module, torchrun
+from helpers import env_for_subprocess, run_module, tagged_records, torchrun
 
 from gpt.config import compose
 from gpt.config.validate import validate_training
@@ -188,7 +187,7 @@ def probed():
     out = {}
     for name, (nproc, extra) in PROBED.items():
         proc = torchrun(nproc, "tests.engine.step_memory_probe", ["2", *MEASURED, *extra], env=env)
-        out[name] = [json.loads(line.split("PROBE ", 1)[1]) for line in proc.stdout.splitlines() if "PROBE " in line]
+        out[name] = tagged_records(proc.stdout, "PROBE")
         assert len(out[name]) == nproc
     return out
 
