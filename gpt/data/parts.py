@@ -24,7 +24,7 @@ from gpt.data.inputs import InputFile, Unit, slice_of
 from gpt.data.pipeline import (Stats, build_tokenizer, check_documents, encode_units, report, source_of,
                                train_bpe_on_input)
 from gpt.data.tokenizer import Tokenizer
-from gpt.data.writer import ShardWriter, _alive, atomic_output, check_output, file_sha256, finish_directory
+from gpt.data.writer import ShardWriter, atomic_output, check_output, file_sha256, finish_directory, pid_alive
 from gpt.errors import DataError
 
 _log = log.get("data.preprocess")
@@ -149,7 +149,7 @@ def _write_unit(cfg: PreprocessConfig, parts: Path, unit: Unit, tokenizer: Token
     host = socket.gethostname()
     for stale in parts.glob(f".{done.name}.tmp-{host}-*"):  # left by a killed task on this host
         pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
     tmp = parts / f".{done.name}.tmp-{host}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -397,12 +397,12 @@ def _remove_stale_temporaries(output: Path) -> None:
     prefix = f".{output.name}.tmp-{socket.gethostname()}-"
     for p in output.parent.glob(prefix + "*"):
         pid = p.name[len(prefix):]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             log.get("data").info("removing %s, left by an interrupted run", p)
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
