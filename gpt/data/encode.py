@@ -52,7 +52,7 @@ def init(tokenizer_dict: dict, tokenizer_dir: str, dtype: str, text_key: str, st
     _tokenizer = tokenizer or tokenizer_from_dict(tokenizer_dict, tokenizer_dir)
     if hasattr(_tokenizer, "threads"):
         _tokenizer.threads = 1  # tiktoken: one thread per worker; workers=N is the parallelism
-    _options = {"dtype": np.dtype(dtype), "text_key": text_key, "stop": stop_at_problem}
+    _options = {"dtype": _tokenizer.narrowest_dtype(dtype), "text_key": text_key, "stop": stop_at_problem}
 
 
 def encode_task(task: Task) -> Iterator[object]:

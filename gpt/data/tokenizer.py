@@ -52,6 +52,11 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
 
+    def narrowest_dtype(self, dtype) -> np.dtype:
+        """The narrowest type holding every id `encode` emits, no wider than `dtype` (the shards'): a
+        preprocessing worker's ids travel in it and widen as the writer copies them into a batch."""
+        return np.dtype(dtype)
+
     def segments(self, text: str, size: int = SEGMENT_CHARS) -> List[str]:
         """`text` cut into pieces of about `size` characters whose encodings, joined, are the encoding of
         `text` (see `cuts`)."""
@@ -126,7 +131,12 @@ class ByteTokenizer(Tokenizer):
     def encode_arrays(self, texts: Sequence[str], dtype) -> tuple[np.ndarray, np.ndarray]:
         encoded = [t.encode("utf-8") for t in texts]
         lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(dtype), lengths
+        return np.frombuffer(b"".join(encoded), dtype=np.uint8).astype(dtype, copy=False), lengths
+
+    def narrowest_dtype(self, dtype) -> np.dtype:
+        """Bytes: encode never emits 256 (end-of-document is packing's), so uint8 whatever the shards hold
+        (half the bytes through a worker's pipe; no widening pass in the worker)."""
+        return np.dtype(np.uint8)
 
     def cuts(self, text: str, size: int = SEGMENT_CHARS) -> List[int]:
         """Bytes are bytes: any cut is exact."""
