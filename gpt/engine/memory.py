@@ -11,8 +11,8 @@ start-up report's first memory line, with frozen parameters for fine-tuning).
 bf16 under torch.autocast (train.autocast, the default for bf16) keeps fp32 weights, gradients and
 optimizer state and is counted as fp32 (`weight_precision`); the bf16 copies autocast makes during
 a step are activations. The loss is the fused, chunked head + cross entropy (gpt/model/loss.py): it
-keeps x's and the head weight's fp32 gradients for backward and one chunk of logits at a time,
-never the logits of the whole vocabulary.
+keeps x's and the head weight's gradients for backward (fp32; bf16 with bf16 weights) and one chunk
+of logits at a time, never the logits of the whole vocabulary.
 """
 
 from dataclasses import dataclass
@@ -236,15 +236,17 @@ def stage_activation_bytes(cfg: TrainingConfig, shape: ModelShape, layout: Layou
 
 def loss_bytes(cfg: TrainingConfig, shape: ModelShape, tensor: int, tokens: int) -> float:
     """The fused head + cross entropy (gpt/model/loss.py) on one tensor rank for `tokens` tokens: the
-    fp32 gradients of x (tokens, h) and of the head weight (v/p, h) it keeps for backward, one chunk of
-    logits in fp32 (and in bf16, under autocast, with bf16 copies of x and the weight)."""
+    gradients of x (tokens, h) and of the head weight (v/p, h) it keeps for backward (bf16 with bf16
+    weights, DeepSpeed's bf16 engine; fp32 otherwise), one chunk of logits in fp32 (and in bf16,
+    under autocast, with bf16 copies of x and the weight)."""
     from gpt.model.loss import CHUNK_ELEMENTS
 
     h, v = cfg.model.n_embd, shape.padded_vocab // tensor
     chunk = min(tokens, max(1, CHUNK_ELEMENTS // v)) * v
     low = bf16_autocast(cfg) or cfg.train.precision != "fp32"
     copies = 2 * (v + tokens) * h if bf16_autocast(cfg) else 0
-    return 4 * tokens * h + 4 * v * h + chunk * (4 + (4 if low else 0)) + copies
+    kept = 2 if cfg.train.precision == "bf16" and not bf16_autocast(cfg) else 4
+    return kept * (tokens + v) * h + chunk * (4 + (4 if low else 0)) + copies
 
 
 def largest_layer(cfg: TrainingConfig, shape: ModelShape, tensor: int) -> int:

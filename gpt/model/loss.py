@@ -45,10 +45,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        grad_x, grad_w = ctx.saved_tensors  # fp32: scaled before any cast (fp16 loss scaling needs that)
-        gx = grad_x * grad_out if ctx.x_dtype == torch.float32 else (grad_x * grad_out).to(ctx.x_dtype)
-        gw = grad_w.mul_(grad_out) if ctx.w_dtype == torch.float32 else (grad_w * grad_out).to(ctx.w_dtype)
+        # fp32 or bf16 (see _kept): scaled in place, before any cast (fp16 loss scaling needs that)
+        if getattr(ctx, "scaled", False):
+            raise RuntimeError("the fused cross entropy's backward runs once (its saved gradients are scaled in "
+                               "place): backward(retain_graph=True) twice is not supported")
+        ctx.scaled = True
+        grad_x, grad_w = ctx.saved_tensors
+        gx, gw = grad_x.mul_(grad_out).to(ctx.x_dtype), grad_w.mul_(grad_out).to(ctx.w_dtype)
         return gx, gw, None, None, None, None, None, None, None, None, None
+
+
+def _kept(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A gradient as kept from forward to backward: in its parameter's dtype when that is bf16 (fp32's
+    range, so scaling it later loses nothing: 2 bytes per element instead of 4 for W's (v/p, h)
+    gradient over the whole forward and backward), else in fp32 (fp16 must be scaled before its cast)."""
+    return t.to(dtype) if dtype == torch.bfloat16 else t
 
 
 def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, dtype, need_grad, reduce_input_grad):
@@ -58,7 +69,10 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
     xd = x.to(dtype)
     if need_grad:
         grad_x = torch.empty(n, x.shape[1], dtype=torch.float32, device=x.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)  # padding rows stay 0
+        # One chunk has nothing to accumulate: its W gradient is written in W's dtype when the matmul runs
+        # in it (bf16: no fp32 (v/p, h) buffer at all); several accumulate in fp32. Padding rows stay 0.
+        direct = n <= chunk and dtype == weight.dtype == torch.bfloat16
+        grad_w = torch.zeros(weight.shape, dtype=weight.dtype if direct else torch.float32, device=x.device)
     target = labels - first
     local = (target >= 0) & (target < real)  # (n,) this rank holds the target's row
     target = torch.where(local, target, 0)
@@ -83,7 +97,7 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
             probs.scatter_add_(1, tc[:, None], torch.where(lc, -wc, 0.0)[:, None])
             g = probs.to(dtype)
             grad_x[s:s + chunk] = g @ w
-            if dtype == torch.float32:
+            if dtype == grad_w.dtype:
                 grad_w[:real].addmm_(g.t(), xc)
             else:
                 grad_w[:real] += g.t() @ xc
@@ -92,7 +106,7 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
     if need_grad:
         if reduce_input_grad:  # x is replicated: its gradient sums every rank's rows
             _all_reduce(grad_x, group)
-        ctx.save_for_backward(grad_x, grad_w)
+        ctx.save_for_backward(_kept(grad_x, x.dtype), _kept(grad_w, weight.dtype))
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
     return total
 

@@ -63,9 +63,13 @@ class Normal:
             shape = list(local.shape)
             shape[dim] = hi - lo
             gen = torch.Generator(device="cpu").manual_seed(_mix(*self.key, k))
-            tile = torch.empty(shape, dtype=torch.float32, device="cpu").normal_(0.0, self.std, generator=gen)
             a, b = max(lo, start), min(hi, start + n)
-            local.narrow(dim, a - start, b - a).copy_(tile.narrow(dim, a - lo, b - a))
+            into = local.narrow(dim, a - start, b - a)
+            if (a, b) == (lo, hi) and into.dtype == torch.float32 and into.device.type == "cpu" and into.is_contiguous():
+                into.normal_(0.0, self.std, generator=gen)  # the whole tile, in place: the same values, no copy
+                continue
+            tile = torch.empty(shape, dtype=torch.float32, device="cpu").normal_(0.0, self.std, generator=gen)
+            into.copy_(tile.narrow(dim, a - lo, b - a))
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         """Fill a whole (unsplit) tensor, e.g. a replicated one built outside a slot."""

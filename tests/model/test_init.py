@@ -127,3 +127,20 @@ def test_generation_loads_without_drawing_or_megatron(base_run, tiles_drawn):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_for_subprocess(),
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr[-2000:]
+
+
+def test_a_tile_drawn_in_place_equals_the_tile_drawn_and_copied():
+    """Normal.fill draws a tile wholly inside an fp32 slice straight into it, others into a temporary
+    then copied: both give the same values (a bf16 slice takes the copy path for every tile)."""
+    from gpt.model.slots import TILE, Normal
+
+    init = Normal(key=(7, 3, 1), std=0.02)
+    rows = 3 * TILE + 17  # whole tiles and a cut one
+    direct = torch.empty(rows, 40)
+    init.fill(direct, dim=0, start=0, full=rows)
+    copied = torch.empty(rows, 40, dtype=torch.float64)  # never in place: every tile copied
+    init.fill(copied, dim=0, start=0, full=rows)
+    assert torch.equal(direct, copied.float())
+    part = torch.empty(TILE + 5, 40)  # rows [TILE - 3, 2 TILE + 2): two cut tiles and none whole
+    init.fill(part, dim=0, start=TILE - 3, full=rows)
+    assert torch.equal(part, direct[TILE - 3:2 * TILE + 2])

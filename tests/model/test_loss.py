@@ -105,3 +105,22 @@ def test_model_loss_keeps_no_logits_of_the_whole_vocabulary(world_of_one, tied):
     with torch.no_grad():
         reference = (token_losses(model(x), labels) * weights).sum()
     torch.testing.assert_close(loss.detach(), reference, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("chunk", [7, 1000])
+def test_bf16_weights_keep_bf16_gradients_between_forward_and_backward(chunk):
+    """DeepSpeed's bf16 engine: bf16 weights and inputs, no autocast. W's gradient is kept in bf16 from
+    forward to backward (never a second fp32 copy of the table's size), still close to fp32."""
+    x, w, labels, weights = _inputs()
+    gx, gw = torch.autograd.grad(_reference(x, w, labels, weights) * 0.5, (x, w))
+    xb, wb = x.detach().bfloat16().requires_grad_(True), w.detach().bfloat16().requires_grad_(True)
+    out = linear_cross_entropy(xb, wb, labels, weights, vocab_size=REAL, chunk=chunk)
+    assert [t.dtype for t in out.grad_fn.saved_tensors] == [torch.bfloat16, torch.bfloat16]
+    ax, aw = torch.autograd.grad(out * 0.5, (xb, wb))
+    assert ax.dtype == aw.dtype == torch.bfloat16 and not aw[REAL:].any()
+    torch.testing.assert_close(aw.float(), gw, rtol=0, atol=3e-2 * float(gw.abs().max()))
+    torch.testing.assert_close(ax.float(), gx, rtol=0, atol=3e-2 * float(gx.abs().max()))
+    with pytest.raises(RuntimeError, match="runs once"):
+        out2 = linear_cross_entropy(xb, wb, labels, weights, vocab_size=REAL, chunk=chunk)
+        out2.backward(retain_graph=True)
+        out2.backward()

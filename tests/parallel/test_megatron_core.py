@@ -61,3 +61,19 @@ def test_a_kernel_is_compiled_by_torch_compile_when_first_called(monkeypatch):
     assert compiled == [] and double.__doc__ == "Twice x." and double.__name__ == "double"
     assert double(3) == 7 and double(4) == 9 and compiled == [{"dynamic": False}]
     assert lazy_compile.compile_on_first_call(lambda x: x)(5) == 6 and len(compiled) == 2
+
+
+def test_building_a_model_imports_no_dynamo():
+    """The model is built on the meta device: a computation there (RoPE's tables) runs torch's Python
+    refs, which import torch._dynamo (1.4 s of every rank's construction); shapes only, there."""
+    code = ("import sys, torch\n"
+            "from gpt.config.loader import compose\n"
+            "from gpt.model.build import build_model, model_shape\n"
+            "for name in ('llama-1b', 'gpt2-124m'):\n"
+            "    cfg = compose('pretrain', [f'model={name}', 'model.n_layer=1', 'model.vocab_size=256', 'data.path=unused'])\n"
+            "    model = build_model(cfg.model, model_shape(cfg.model, 256), seed=1, tp_size=1, tp_group=None)\n"
+            "    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])\n"
+            "print('RESULT', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'torch.onnx') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True,
+                         env=env_for_subprocess()).stdout
+    assert [line for line in out.splitlines() if line.startswith("RESULT ")] == ["RESULT []"], out
