@@ -239,10 +239,10 @@ def loss_bytes(cfg: TrainingConfig, shape: ModelShape, tensor: int, tokens: int)
     gradients of x (tokens, h) and of the head weight (v/p, h) it keeps for backward (bf16 with bf16
     weights, DeepSpeed's bf16 engine; fp32 otherwise), one chunk of logits in fp32 (and in bf16,
     under autocast, with bf16 copies of x and the weight)."""
-    from gpt.model.loss import CHUNK_ELEMENTS
+    from gpt.model.loss import chunk_tokens
 
     h, v = cfg.model.n_embd, shape.padded_vocab // tensor
-    chunk = min(tokens, max(1, CHUNK_ELEMENTS // v)) * v
+    chunk = min(tokens, chunk_tokens(tokens, v)) * v
     low = bf16_autocast(cfg) or cfg.train.precision != "fp32"
     copies = 2 * (v + tokens) * h if bf16_autocast(cfg) else 0
     kept = 2 if cfg.train.precision == "bf16" and not bf16_autocast(cfg) else 4

@@ -17,6 +17,8 @@ or past `vocab_size` pad the table: they are left out of the matmul, so they nev
 mass and get a zero gradient.
 """
 
+import math
+
 import torch
 
 from gpt.parallel import collectives
@@ -72,7 +74,8 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
         # One chunk has nothing to accumulate: its W gradient is written in W's dtype when the matmul runs
         # in it (bf16: no fp32 (v/p, h) buffer at all); several accumulate in fp32. Padding rows stay 0.
         direct = n <= chunk and dtype == weight.dtype == torch.bfloat16
-        grad_w = torch.zeros(weight.shape, dtype=weight.dtype if direct else torch.float32, device=x.device)
+        grad_w = torch.empty(weight.shape, dtype=weight.dtype if direct else torch.float32, device=x.device)
+        grad_w[real if n else 0:].zero_()  # the first chunk writes the real rows (no zero fill, no add)
     target = labels - first
     local = (target >= 0) & (target < real)  # (n,) this rank holds the target's row
     target = torch.where(local, target, 0)
@@ -97,7 +100,12 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
             probs.scatter_add_(1, tc[:, None], torch.where(lc, -wc, 0.0)[:, None])
             g = probs.to(dtype)
             grad_x[s:s + chunk] = g @ w
-            if dtype == grad_w.dtype:
+            if s == 0:
+                if dtype == grad_w.dtype:
+                    torch.mm(g.t(), xc, out=grad_w[:real])
+                else:
+                    grad_w[:real].copy_(g.t() @ xc)
+            elif dtype == grad_w.dtype:
                 grad_w[:real].addmm_(g.t(), xc)
             else:
                 grad_w[:real] += g.t() @ xc
@@ -109,6 +117,15 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
         ctx.save_for_backward(_kept(grad_x, x.dtype), _kept(grad_w, weight.dtype))
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
     return total
+
+
+def chunk_tokens(tokens: int, rows: int) -> int:
+    """Tokens per chunk: about CHUNK_ELEMENTS logits, in equal chunks (a small last chunk would cost a
+    whole pass over W's (rows, h) gradient for little work), up to 1/4 over to save a chunk (1024
+    tokens of GPT-2's vocabulary: 3 chunks of 342, not 333 + 333 + 333 + 25)."""
+    cap = max(1, CHUNK_ELEMENTS // max(1, rows))
+    pieces = max(1, math.ceil(tokens / max(1, cap * 5 // 4)))
+    return max(1, math.ceil(tokens / pieces))
 
 
 def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor, *,
@@ -123,7 +140,7 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     """
     h = x.shape[-1]
     x2, labels1, weights1 = x.reshape(-1, h), labels.reshape(-1), weights.reshape(-1)
-    chunk = chunk or max(1, CHUNK_ELEMENTS // max(1, weight.shape[0]))
+    chunk = chunk or chunk_tokens(x2.shape[0], weight.shape[0])
     need_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return _LinearCrossEntropy.apply(x2, weight, labels1, weights1, first, vocab_size, group, chunk,
                                      _compute_dtype(x), need_grad, reduce_input_grad)

@@ -124,3 +124,14 @@ def test_bf16_weights_keep_bf16_gradients_between_forward_and_backward(chunk):
         out2 = linear_cross_entropy(xb, wb, labels, weights, vocab_size=REAL, chunk=chunk)
         out2.backward(retain_graph=True)
         out2.backward()
+
+
+def test_default_chunks_are_equal_and_at_most_a_quarter_over_the_cap():
+    from gpt.model.loss import CHUNK_ELEMENTS, chunk_tokens
+
+    for tokens, rows in [(1024, 50304), (4096, 128256), (8192, 50304), (5, 64), (1, 1), (100_000, 3)]:
+        cap = max(1, CHUNK_ELEMENTS // rows)
+        c = chunk_tokens(tokens, rows)
+        pieces = -(-tokens // c)
+        assert c <= max(1, cap * 5 // 4) and tokens - (pieces - 1) * c >= c - pieces, (tokens, rows, c)
+    assert chunk_tokens(1024, 50304) == 342  # 3 chunks of GPT-2's vocabulary, not 333 + 333 + 333 + 25
