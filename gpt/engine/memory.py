@@ -242,7 +242,7 @@ def loss_bytes(cfg: TrainingConfig, shape: ModelShape, tensor: int, tokens: int)
     from gpt.model.loss import chunk_tokens
 
     h, v = cfg.model.n_embd, shape.padded_vocab // tensor
-    chunk = min(tokens, chunk_tokens(tokens, v)) * v
+    chunk = chunk_tokens(tokens, v) * v
     low = bf16_autocast(cfg) or cfg.train.precision != "fp32"
     copies = 2 * (v + tokens) * h if bf16_autocast(cfg) else 0
     kept = 2 if cfg.train.precision == "bf16" and not bf16_autocast(cfg) else 4

@@ -75,7 +75,7 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
         # in it (bf16: no fp32 (v/p, h) buffer at all); several accumulate in fp32. Padding rows stay 0.
         direct = n <= chunk and dtype == weight.dtype == torch.bfloat16
         grad_w = torch.empty(weight.shape, dtype=weight.dtype if direct else torch.float32, device=x.device)
-        grad_w[real if n else 0:].zero_()  # the first chunk writes the real rows (no zero fill, no add)
+        grad_w[real if n else 0:].zero_()  # padding rows (and every row when there are no tokens)
     target = labels - first
     local = (target >= 0) & (target < real)  # (n,) this rank holds the target's row
     target = torch.where(local, target, 0)
@@ -100,15 +100,13 @@ def _forward(ctx, x, weight, labels, weights, first, vocab_size, group, chunk, d
             probs.scatter_add_(1, tc[:, None], torch.where(lc, -wc, 0.0)[:, None])
             g = probs.to(dtype)
             grad_x[s:s + chunk] = g @ w
-            if s == 0:
-                if dtype == grad_w.dtype:
-                    torch.mm(g.t(), xc, out=grad_w[:real])
-                else:
-                    grad_w[:real].copy_(g.t() @ xc)
-            elif dtype == grad_w.dtype:
-                grad_w[:real].addmm_(g.t(), xc)
+            rows = grad_w[:real]  # the first chunk writes them (beta=0 ignores what empty() left), later ones add
+            if dtype == grad_w.dtype:
+                rows.addmm_(g.t(), xc, beta=1.0 if s else 0.0)
+            elif s:
+                rows += g.t() @ xc
             else:
-                grad_w[:real] += g.t() @ xc
+                rows.copy_(g.t() @ xc)
         elif need_grad:
             grad_x[s:s + chunk] = 0.0
     if need_grad:

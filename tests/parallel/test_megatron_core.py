@@ -28,6 +28,13 @@ def test_gpt_imports_megatron_only_through_its_module():
     assert found == [], f"import megatron.core's names from gpt.parallel.megatron_core: {found}"
 
 
+def result_words(code: str) -> list[str]:
+    """The words after RESULT on the lines `code` prints, run in a fresh interpreter (nothing imported yet)."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True,
+                         env=env_for_subprocess()).stdout
+    return [w for line in out.splitlines() if line.startswith("RESULT ") for w in line.split()[1:]]
+
+
 def test_training_imports_neither_dynamo_nor_wandb_and_wandb_still_imports():
     code = ("import sys, torch; original = torch.compile\n"
             "import gpt.trainer.session, gpt.model.tp_layers, gpt.parallel.context, gpt.parallel.device\n"
@@ -38,9 +45,7 @@ def test_training_imports_neither_dynamo_nor_wandb_and_wandb_still_imports():
             "print('RESULT', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'wandb') if m in sys.modules), torch.compile is original,\n"
             "      megatron.core.jit.jit_fuser.__name__)\n"
             "import wandb; print('RESULT', wandb.__name__)\n")
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True,
-                         env=env_for_subprocess()).stdout
-    out = [w for line in out.splitlines() if line.startswith("RESULT ") for w in line.split()[1:]]
+    out = result_words(code)
     assert out == ["[]", "True", "compile_on_first_call", "wandb"], out
 
 
@@ -74,6 +79,4 @@ def test_building_a_model_imports_no_dynamo():
             "    model = build_model(cfg.model, model_shape(cfg.model, 256), seed=1, tp_size=1, tp_group=None)\n"
             "    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])\n"
             "print('RESULT', sorted(m for m in ('torch._dynamo', 'torch._inductor', 'torch.onnx') if m in sys.modules))\n")
-    out = subprocess.run([sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True, check=True,
-                         env=env_for_subprocess()).stdout
-    assert [line for line in out.splitlines() if line.startswith("RESULT ")] == ["RESULT []"], out
+    assert result_words(code) == ["[]"]
