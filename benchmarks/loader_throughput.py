@@ -169,7 +169,8 @@ def hard_linked_set(directory: Path, source: Path, total: float) -> dict:
     """A set of `total` tokens whose shards are hard links to the first 4 shards of `source` (a real set;
     fewer if it has fewer)."""
     from gpt.data.format import INDEX_FILE, METADATA_FILE, coarsen, documents_per_chunk, read_index, write_index
-    from gpt.data.writer import file_sha256
+    from gpt.checksums import file_checksum
+    from gpt.data.format import checksum_key
 
     meta = json.loads((source / METADATA_FILE).read_text())
     real = meta["shards"][:4]
@@ -192,7 +193,7 @@ def hard_linked_set(directory: Path, source: Path, total: float) -> dict:
     meta.update(num_documents=sum(s["documents"] for s in shards), num_tokens=sum(s["tokens"] for s in shards),
                 shards=shards, index={"file": INDEX_FILE, "documents_per_chunk": g, "chunks": len(chunks),
                                       "bytes": (directory / INDEX_FILE).stat().st_size,
-                                      "sha256": file_sha256(directory / INDEX_FILE)})
+                                      checksum_key(meta["version"]): file_checksum(directory / INDEX_FILE)})
     (directory / METADATA_FILE).write_text(json.dumps(meta))
     return meta
 

@@ -30,15 +30,13 @@ which version 1 recorded and which is still checked there), for corruption, not 
 unsigned meta.json could be rewritten with any hash).
 """
 
-import hashlib
 import json
 import os
 import re
 import stat
 from pathlib import Path
 
-import xxhash
-
+from gpt.checksums import ALGORITHMS, DEFAULT, HEX, file_checksum
 from gpt.errors import CheckpointError
 from gpt.paths import member_file, plain_name
 
@@ -54,8 +52,6 @@ RNG_CPU, RNG_CUDA = "__rng__.cpu", "__rng__.cuda"
 RNG_TENSOR_PARALLEL = "__rng__.tensor_parallel"  # the tensor-parallel dropout stream (gpt/parallel/rng.py)
 TMP_PREFIX = ".tmp-"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
-_HASH_CHUNK = 16 << 20
-_HEX = {"sha256": re.compile(r"^[0-9a-f]{64}$"), "xxh3_128": re.compile(r"^[0-9a-f]{32}$")}
 _POINTER_BYTES = 256  # a pointer holds one step directory name; more is not a pointer
 FALLBACK_HINT = "use checkpoint.fallback=true to resume from the previous one"
 
@@ -107,20 +103,8 @@ def make_readable(path: Path) -> None:
     os.chmod(path, 0o666 & ~mask)
 
 
-CHECKSUM = "xxh3_128"  # the checksum version 2 records per file; version 1 recorded "sha256"
-CHECKSUMS = {"xxh3_128": xxhash.xxh3_128, "sha256": hashlib.sha256}
-
-
-def checksum(path: Path, algorithm: str = CHECKSUM) -> str:
-    h = CHECKSUMS[algorithm]()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256(path: Path) -> str:
-    return checksum(path, "sha256")
+CHECKSUM = DEFAULT  # the checksum version 2 records per file; version 1 recorded "sha256"
+CHECKSUMS = ALGORITHMS
 
 
 def recorded_checksum(record: dict) -> tuple[str, str] | None:
@@ -286,7 +270,7 @@ def _check_structure(path: Path, meta: dict) -> None:
         plain_name(name, where=path, error=CheckpointError)
         need(name != META, f"'files' lists {META} itself")
         need(isinstance(record, dict) and count(record.get("bytes")) and isinstance(record.get(want), str)
-             and _HEX[want].match(record[want]) is not None, f"files[{name!r}] needs integer 'bytes' and a hex {want!r}")
+             and HEX[want].match(record[want]) is not None, f"files[{name!r}] needs integer 'bytes' and a hex {want!r}")
     tensors = meta["tensors"]
     need(isinstance(tensors, dict) and len(tensors) > 0, "'tensors' must index at least one tensor")
     for name, entry in tensors.items():
@@ -332,7 +316,7 @@ def verify_file(ckpt: Path, name: str, record: dict, *, hashes: bool = True) -> 
         raise CheckpointError(f"{f} has {size} bytes, meta.json records {record['bytes']}: the file is truncated or "
                               f"corrupt (use checkpoint.fallback=true to resume from the previous one)")
     recorded = recorded_checksum(record)
-    if hashes and recorded and checksum(f, recorded[0]) != recorded[1]:
+    if hashes and recorded and file_checksum(f, recorded[0]) != recorded[1]:
         raise CheckpointError(f"{f} does not match the {recorded[0]} checksum in meta.json: the file is corrupt (use "
                               f"checkpoint.fallback=true to resume from the previous one)")
 

@@ -113,7 +113,7 @@ class DataConfig:
     blend: Optional[List[Any]] = None
     """Weighted mixture [[weight, path], ...] used instead of data.path."""
     verify: bool = False
-    """Check every shard's sha256 at start-up (reads the whole corpus once); size, schema, version and counts are always checked."""
+    """Check every shard's checksum at start-up (reads the whole corpus once); size, schema, version and counts are always checked."""
     allow_changed: bool = False
     """Resume even though the token shards differ from those the checkpoint was trained on (their metadata.json checksums); training continues at the same sample position of the new data."""
 

@@ -1,4 +1,4 @@
-"""The token-shard format, version 2: constants, Arrow schema, the chunk index and metadata.json validation.
+"""The token-shard format, version 3: constants, Arrow schema, the chunk index and metadata.json validation.
 
 Everything a reader needs to trust a shard directory lives here, so the writer (preprocessing) and
 the readers (training, generation, external tools) cannot drift apart. docs/data.md documents the
@@ -10,6 +10,10 @@ in every chunk of `documents_per_chunk` consecutive documents of a shard, so a l
 epochs over trillions of tokens from one small file without opening the shards. Version 1
 directories still open (the loader then reads every shard's list offsets at start-up and checks
 token ids as it reads them).
+
+Version 3 records every file's XXH3-128 (`xxh3_128`) instead of its sha256: the preprocessing main
+process checksums every shard it writes, and sha256 was a third of its CPU time on byte inputs
+(docs/benchmarks.md). Version 1 and 2 directories keep their sha256 records, still checked.
 """
 
 import hashlib
@@ -22,11 +26,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from gpt.checksums import HEX
 from gpt.errors import DataError
 
 FORMAT = "gpt-token-shards"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 METADATA_FILE = "metadata.json"
 INDEX_FILE = "index.arrow"
 SHARD_PATTERN = "shard-{:05d}.arrow"
@@ -44,6 +49,11 @@ def schema_metadata(version: int = VERSION) -> dict:
 
 
 SCHEMA_METADATA = schema_metadata()
+
+
+def checksum_key(version: int) -> str:
+    """The checksum metadata.json records for every file of a directory of this format version."""
+    return "xxh3_128" if version >= 3 else "sha256"
 
 
 def dtype_for(vocab_size: int) -> str:
@@ -117,7 +127,7 @@ def write_index(path: Path, chunk_tokens: np.ndarray) -> None:
 
 
 def read_index(shard_dir: Path, meta: dict) -> np.ndarray:
-    """Chunk token counts [chunks] uint64 of a version 2 directory, checked against metadata.json."""
+    """Chunk token counts [chunks] uint64 of a version 2 or 3 directory, checked against metadata.json."""
     entry = meta["index"]
     path = Path(shard_dir) / entry["file"]
     fix = "re-run gpt-preprocess to rewrite the directory"
@@ -178,17 +188,23 @@ def _check_fields(path: Path, meta: dict) -> None:
     need(isinstance(shards, list) and len(shards) > 0, "'shards' must be a non-empty list")
     v2 = meta["version"] >= 2
     keys = ("documents", "tokens", "bytes") + (("max_token_id",) if v2 else ())
+    digest = checksum_key(meta["version"])
+
+    def is_digest(v) -> bool:
+        return isinstance(v, str) and HEX[digest].match(v) is not None
+
     for i, s in enumerate(shards):
         need(isinstance(s, dict) and _plain_name(s.get("file")) and all(is_int(s.get(k)) for k in keys)
-             and isinstance(s.get("sha256"), str), f"shards[{i}] must have file, {', '.join(keys)} and sha256")
+             and is_digest(s.get(digest)), f"shards[{i}] must have file, {', '.join(keys)} and a hex {digest}")
     need(sum(s["documents"] for s in shards) == meta["num_documents"], "shard document counts do not add up to num_documents")
     need(sum(s["tokens"] for s in shards) == meta["num_tokens"], "shard token counts do not add up to num_tokens")
     if not v2:
         return
     index = meta.get("index")
     need(isinstance(index, dict) and _plain_name(index.get("file"))
-         and all(is_int(index.get(k)) for k in ("documents_per_chunk", "chunks", "bytes")),
-         "'index' must have file, documents_per_chunk, chunks and bytes")
+         and all(is_int(index.get(k)) for k in ("documents_per_chunk", "chunks", "bytes"))
+         and (meta["version"] < 3 or is_digest(index.get(digest))),
+         f"'index' must have file, documents_per_chunk, chunks, bytes{' and ' + digest if meta['version'] >= 3 else ''}")
     g = index["documents_per_chunk"]
     need(g >= 1 and g & (g - 1) == 0, "'index.documents_per_chunk' must be a power of two")
     need(index["chunks"] == sum(-(-s["documents"] // g) for s in shards), "'index.chunks' does not match the shards")
@@ -207,9 +223,10 @@ def _plain_name(name) -> bool:
 def fingerprint(meta: dict) -> str:
     """A digest of what a shard directory holds, from its metadata.json alone (no shard is read):
     the tokenizer (what defines it, not where its file was), the dtype and every shard's name,
-    counts, size and sha256. Shards rewritten by gpt-preprocess change it."""
+    counts, size and checksum. Shards rewritten by gpt-preprocess change it."""
     from gpt.data.tokenizer import identity
 
-    shards = [{k: s.get(k) for k in ("file", "documents", "tokens", "bytes", "sha256")} for s in meta["shards"]]
+    keys = ("file", "documents", "tokens", "bytes", checksum_key(meta["version"]))
+    shards = [{k: s.get(k) for k in keys} for s in meta["shards"]]
     body = {"tokenizer": identity(meta["tokenizer"]), "dtype": meta["dtype"], "shards": shards}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()

@@ -18,13 +18,14 @@ from typing import List, Optional
 import numpy as np
 
 from gpt import log
+from gpt.checksums import file_checksum
 from gpt.config.commands import PreprocessConfig
 from gpt.data.format import VERSION, dtype_for, write_json_atomic
 from gpt.data.inputs import InputFile, Unit, slice_of
 from gpt.data.pipeline import (Stats, build_tokenizer, check_documents, encode_units, report, source_of,
                                train_bpe_on_input)
 from gpt.data.tokenizer import Tokenizer
-from gpt.data.writer import ShardWriter, atomic_output, check_output, file_sha256, finish_directory, pid_alive
+from gpt.data.writer import ShardWriter, atomic_output, check_output, finish_directory, pid_alive
 from gpt.errors import DataError
 
 _log = log.get("data.preprocess")
@@ -165,8 +166,8 @@ def _write_unit(cfg: PreprocessConfig, parts: Path, unit: Unit, tokenizer: Token
         np.save(tmp / CHUNKS_FILE, np.concatenate(writer.chunks) if writer.chunks else np.zeros(0, np.uint64))
         write_json_atomic(tmp / PART_FILE, {"plan": plan, "unit": unit.index, "input": unit.describe(),
                                             "shards": shards, "granularity": writer.granularity, "chunks": counts,
-                                            "chunks_sha256": file_sha256(tmp / CHUNKS_FILE), "stats": stats.to_dict(),
-                                            "written_by": _job_name()})
+                                            "chunks_xxh3_128": file_checksum(tmp / CHUNKS_FILE, fsync=True),
+                                            "stats": stats.to_dict(), "written_by": _job_name()})
         if done.exists() and _part_problem(parts, unit, plan, check_files=True) is None:
             shutil.rmtree(tmp)  # another task finished the same unit meanwhile: its bytes are the same
         else:
@@ -227,9 +228,9 @@ def merge(cfg: PreprocessConfig, output: Path, files: List[InputFile], units: Li
             d = _unit_dir(parts, unit)
             part = json.loads((d / PART_FILE).read_text())
             counts = np.load(d / CHUNKS_FILE)
-            if file_sha256(d / CHUNKS_FILE, fsync=False) != part["chunks_sha256"]:
+            if file_checksum(d / CHUNKS_FILE) != part["chunks_xxh3_128"]:
                 raise DataError(f"output={output} cannot be merged: unit {unit.index} is damaged ({d / CHUNKS_FILE} does "
-                                f"not match its sha256); {_slice_hint(parts, units, unit)}")
+                                f"not match its checksum); {_slice_hint(parts, units, unit)}")
             bounds = np.concatenate([[0], np.cumsum(part["chunks"])]).astype(np.int64)
             for j, s in enumerate(part["shards"]):
                 name = f"shard-{len(shards):05d}.arrow"

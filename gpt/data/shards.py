@@ -6,7 +6,7 @@ schema are checked and the file positions of its record batches kept; its list o
 document index) are read when a window of the loader needs them (kept up to OFFSETS_BYTES), its
 tokens with pread(2): nothing is memory-mapped, so a shard truncated while training runs is a short
 read and a one-line DataError, not SIGBUS. At most OPEN_SHARDS shards stay open (least recently
-used ones are closed). The sha256 of every byte is checked only on request (`verify=True`)
+used ones are closed). The checksum of every byte is checked only on request (`verify=True`)
 because it reads the whole corpus.
 
 Version 1 directories (no index, no recorded max token id) are read by opening every shard once at
@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 from gpt import log
-from gpt.data.format import (DTYPES, LOSS_MASK, TOKENS, documents_per_chunk, int_values, read_index, read_metadata,
-                             schema_metadata)
+from gpt.checksums import file_checksum
+from gpt.data.format import (DTYPES, LOSS_MASK, TOKENS, checksum_key, documents_per_chunk, int_values, read_index,
+                             read_metadata, schema_metadata)
 from gpt.data.tokenizer import Tokenizer, tokenizer_from_dict
-from gpt.data.writer import file_sha256
 from gpt.errors import DataError
 
 def _open_limit() -> int:
@@ -195,6 +195,7 @@ class ShardSet:
         self._open: "OrderedDict[int, ShardFile]" = OrderedDict()
         self._starts: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._starts_bytes = 0
+        digest = checksum_key(self.version)
         for entry in entries:  # cheap: one stat per shard
             path = self.directory / entry["file"]
             if not path.is_file():
@@ -202,8 +203,8 @@ class ShardSet:
             if path.stat().st_size != entry["bytes"]:
                 raise DataError(f"{path}: shard is {path.stat().st_size} bytes but metadata.json says {entry['bytes']} "
                                 f"(truncated or modified); {FIX}")
-            if verify and file_sha256(path, fsync=False) != entry["sha256"]:
-                raise DataError(f"{path}: sha256 does not match metadata.json (the shard is corrupt); {FIX}")
+            if verify and file_checksum(path, digest) != entry[digest]:
+                raise DataError(f"{path}: {digest} does not match metadata.json (the shard is corrupt); {FIX}")
         del entries
         if verify:
             for i in range(len(self.shard_files)):

@@ -7,7 +7,6 @@ many tasks of a job array wrote it. A document may arrive in parts (a huge docum
 and sent in pieces); the writer holds at most one record batch (and one document) of tokens.
 """
 
-import hashlib
 import os
 import shutil
 import socket
@@ -19,13 +18,15 @@ import numpy as np
 import pyarrow as pa
 
 from gpt import __version__, log
-from gpt.data.format import (FORMAT, INDEX_FILE, LOSS_MASK, METADATA_FILE, SHARD_PATTERN, TOKENS, VERSION, coarsen,
-                             documents_per_chunk, dtype_for, schema, write_index, write_json_atomic)
+from gpt.checksums import file_checksum
+from gpt.data.format import (FORMAT, INDEX_FILE, LOSS_MASK, METADATA_FILE, SHARD_PATTERN, TOKENS, VERSION, checksum_key,
+                             coarsen, documents_per_chunk, dtype_for, schema, write_index, write_json_atomic)
 from gpt.errors import DataError
 
 BATCH_TOKENS = 1 << 24
 """Tokens per Arrow record batch (16M): the writer holds one batch (32-64 MB) in memory; readers
 address a shard's tokens batch by batch."""
+CHECKSUM = checksum_key(VERSION)
 MAX_LIST_VALUES = (1 << 31) - 1
 """Arrow lists have int32 offsets: one record batch (hence one document) holds at most this many tokens."""
 
@@ -127,7 +128,7 @@ class ShardWriter:
         self._counter = _ChunkCounter(self.granularity)
         self._file = None
         self._writer = None
-        self._hasher = None            # fsync + sha256 of closed shards, off the writing thread
+        self._hasher = None            # fsync + checksum of closed shards, off the writing thread
         self._checksums: list = []
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray, mask: Optional[np.ndarray] = None,
@@ -171,7 +172,7 @@ class ShardWriter:
         """Finish the last shard; returns one entry per shard for metadata.json."""
         self.end_unit()
         for entry, future in self._checksums:
-            entry["sha256"] = future.result()
+            entry[CHECKSUM] = future.result()
         self._checksums = []
         if self._hasher is not None:
             self._hasher.shutdown()
@@ -264,31 +265,20 @@ class ShardWriter:
         self._writer = self._file = None
         path = self._path()
         entry = {"file": path.name, "documents": self._shard_docs, "tokens": self._shard_tokens,
-                 "bytes": path.stat().st_size, "sha256": None, "max_token_id": self._shard_max}
+                 "bytes": path.stat().st_size, CHECKSUM: None, "max_token_id": self._shard_max}
         if self._hasher is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-sha256")
-        self._checksums.append((entry, self._hasher.submit(file_sha256, path)))
+            self._hasher = ThreadPoolExecutor(1, thread_name_prefix="shard-checksum")
+        self._checksums.append((entry, self._hasher.submit(file_checksum, path, CHECKSUM, True)))
         self.shards.append(entry)
         self.chunks.append(self._counter.finish())
         self._counter = _ChunkCounter(self.granularity)
         self._shard_docs = self._shard_tokens = self._shard_max = 0
 
 
-def file_sha256(path, fsync: bool = True) -> str:
-    """Checksum of a finished file (read back from the page cache); optionally flushed to disk first."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if fsync:
-            os.fsync(f.fileno())
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def metadata(tokenizer: dict, dtype: str, shards: List[dict], source: dict, index: Optional[dict] = None) -> dict:
-    """metadata.json of a shard directory (format version 2)."""
+    """metadata.json of a shard directory (format version 3)."""
     meta = {"format": FORMAT, "version": VERSION, "created_by": f"gpt {__version__}", "tokenizer": tokenizer,
             "dtype": dtype, "num_documents": sum(s["documents"] for s in shards),
             "num_tokens": sum(s["tokens"] for s in shards), "shards": shards}
@@ -312,7 +302,8 @@ def finish_directory(directory: Path, tokenizer: dict, dtype: str, shards: List[
     index = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
     write_index(directory / INDEX_FILE, index)
     entry = {"file": INDEX_FILE, "documents_per_chunk": g, "chunks": len(index),
-             "bytes": (directory / INDEX_FILE).stat().st_size, "sha256": file_sha256(directory / INDEX_FILE)}
+             "bytes": (directory / INDEX_FILE).stat().st_size,
+             CHECKSUM: file_checksum(directory / INDEX_FILE, CHECKSUM, fsync=True)}
     meta = metadata(tokenizer, dtype, shards, source, entry)
     if finish is not None:
         finish(meta)

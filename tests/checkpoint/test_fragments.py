@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gpt.checkpoint import format as fmt
+from gpt.checksums import file_checksum
 from gpt.checkpoint.reader import TensorReader, full_state_dict
 from gpt.checkpoint.save import fragment_record, merge_index, write_rank_file
 from gpt.errors import CheckpointError
@@ -104,7 +105,7 @@ def test_version_1_checkpoints_still_load_and_unknown_versions_are_refused(tmp_p
         name = fmt.rank_file(r)
         save_file({"w1": FULL["w1"].chunk(2, dim=1)[r].contiguous()} | ({"norm": FULL["norm"]} if r == 0 else {}),
                   str(ckpt / name))
-        files[name] = {"bytes": (ckpt / name).stat().st_size, "sha256": fmt.sha256(ckpt / name)}
+        files[name] = {"bytes": (ckpt / name).stat().st_size, "sha256": file_checksum(ckpt / name, "sha256")}
     tensors["w1"] = {"shape": [4, 12], "partition_dim": 1, "moments": [], "trainable": True,
                      "pieces": [{"file": fmt.rank_file(r), "tp_rank": r, "tp_size": 2, "shape": [4, 6]} for r in range(2)]}
     tensors["norm"] = {"shape": [7], "partition_dim": None, "moments": [], "trainable": True,

@@ -1,9 +1,10 @@
 """Every shard is checked (on open, on first use, on every read); damage is a one-line DataError naming the file.
 
-Format version 2 records each shard's largest token id and a chunk index; version 1 directories still
-open and give exactly the same batches.
+Format version 2 records each shard's largest token id and a chunk index, version 3 XXH3-128 checksums
+instead of sha256; version 1 and 2 directories still open and give exactly the same batches.
 """
 
+import hashlib
 import json
 
 import numpy as np
@@ -12,10 +13,11 @@ import pyarrow.compute as pc
 import pytest
 
 from gpt.config.training import DataConfig
+from gpt.checksums import file_checksum
 from gpt.data import build_loaders, read_metadata
-from gpt.data.format import SCHEMA_METADATA, schema_metadata
+from gpt.data.format import SCHEMA_METADATA, fingerprint, schema_metadata
 from gpt.data.shards import ShardSet
-from gpt.data.writer import file_sha256, write_token_shards
+from gpt.data.writer import write_token_shards
 from gpt.errors import DataError
 
 from tests.data.helpers import AddressTokenizer, write_address_shards
@@ -51,7 +53,7 @@ def first_batch(d, **kw):
 def test_a_good_set_opens_and_reads_back_every_document(shards):
     s = ShardSet(shards, verify=True)
     meta = read_metadata(shards)
-    assert meta["version"] == 2 and len(meta["shards"]) > 1 and s.num_documents == len(LENGTHS)
+    assert meta["version"] == 3 and len(meta["shards"]) > 1 and s.num_documents == len(LENGTHS)
     assert np.array_equal(s.doc_lengths(np.arange(len(LENGTHS))), LENGTHS)
     starts = np.concatenate([[0], np.cumsum(LENGTHS)])
     for d in (0, 1, 2, 57, len(LENGTHS) - 1):
@@ -108,7 +110,7 @@ def test_flipped_token_bytes_are_caught_by_the_checksum(shards):
     f.write_bytes(bytes(data))
     ShardSet(shards)  # sizes, schema and counts are intact: only the checksum can tell
     msg = open_error(shards, verify=True)
-    assert "shard-00002.arrow" in msg and "sha256" in msg
+    assert "shard-00002.arrow" in msg and "xxh3_128" in msg
 
 
 def test_missing_shard_index_and_metadata(shards, tmp_path):
@@ -132,7 +134,7 @@ def test_a_damaged_index_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("change,expect", [
-    ({"version": 3}, "version 3 is not supported"),
+    ({"version": 4}, "version 4 is not supported"),
     ({"format": "megatron-mmap"}, "format 'megatron-mmap'"),
     ({"num_tokens": 5}, "do not add up"),
     ({"dtype": "int8"}, "'dtype'"),
@@ -197,7 +199,7 @@ def write_version_1(directory, lengths, *, shard_docs, vocab_size: int = 1 << 24
             w.write_batch(pa.RecordBatch.from_arrays([pa.ListArray.from_arrays(pa.array(offsets), pa.array(values),
                                                                                type=item)], schema=schema))
         shards.append({"file": path.name, "documents": len(part), "tokens": int(part.sum()),
-                       "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+                       "bytes": path.stat().st_size, "sha256": file_checksum(path, "sha256")})
     meta = {"format": "gpt-token-shards", "version": 1, "created_by": "gpt 0.1.0",
             "tokenizer": {"kind": "test-addresses", "vocab_size": vocab_size, "eod_id": vocab_size - 1},
             "dtype": "uint32", "num_documents": len(lengths), "num_tokens": int(lengths.sum()), "shards": shards,
@@ -216,6 +218,47 @@ def test_version_1_directories_open_and_give_the_same_batches(tmp_path):
         for loader_a, loader_b in zip(a, b):
             for x, y in zip(loader_a.global_batch(k * 8), loader_b.global_batch(k * 8)):
                 assert np.array_equal(x.tokens, y.tokens) and np.array_equal(x.labels, y.labels)
+
+
+def test_version_2_directories_keep_their_sha256_records_and_fingerprint(tmp_path):
+    """Version 3 changed only the checksum (sha256 -> xxh3_128): a version 2 set opens, gives the
+    same batches, is verified against its sha256 sums, and keeps the fingerprint its runs recorded."""
+    meta = write_address_shards(tmp_path / "v3", LENGTHS, shard_tokens=2000)
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    for s in meta["shards"]:
+        table = pa.ipc.open_file(str(tmp_path / "v3" / s["file"])).read_all()
+        table = table.replace_schema_metadata(schema_metadata(2))
+        with pa.OSFile(str(v2 / s["file"]), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+            w.write_table(table)
+        del s["xxh3_128"]
+        s.update(bytes=(v2 / s["file"]).stat().st_size, sha256=file_checksum(v2 / s["file"], "sha256"))
+    (v2 / "index.arrow").write_bytes((tmp_path / "v3" / "index.arrow").read_bytes())
+    meta["index"]["sha256"] = file_checksum(v2 / "index.arrow", "sha256")
+    del meta["index"]["xxh3_128"]
+    meta["version"] = 2
+    (v2 / "metadata.json").write_text(json.dumps(meta))
+    a = build_loaders(DataConfig(path=str(v2), verify=True), seq_len=16, global_batch_size=8, micro_batch_size=4,
+                      dp_rank=0, dp_size=1, seed=3)
+    b = build_loaders(DataConfig(path=str(tmp_path / "v3"), verify=True), seq_len=16, global_batch_size=8,
+                      micro_batch_size=4, dp_rank=0, dp_size=1, seed=3)
+    for loader_a, loader_b in zip(a, b):
+        for x, y in zip(loader_a.global_batch(8), loader_b.global_batch(8)):
+            assert np.array_equal(x.tokens, y.tokens) and np.array_equal(x.labels, y.labels)
+    from gpt.data.tokenizer import identity  # the body version 2 fingerprints were computed from
+
+    body = {"tokenizer": identity(meta["tokenizer"]), "dtype": meta["dtype"],
+            "shards": [{k: s[k] for k in ("file", "documents", "tokens", "bytes", "sha256")} for s in meta["shards"]]}
+    assert fingerprint(read_metadata(v2)) == hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    assert fingerprint(read_metadata(v2)) != fingerprint(read_metadata(tmp_path / "v3"))
+    data = bytearray((v2 / "shard-00001.arrow").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (v2 / "shard-00001.arrow").write_bytes(bytes(data))
+    msg = open_error(v2, verify=True)
+    assert "shard-00001.arrow" in msg and "sha256 does not match" in msg
+    meta["shards"][0]["sha256"] = "not-hex"
+    (v2 / "metadata.json").write_text(json.dumps(meta))
+    assert "a hex sha256" in open_error(v2)
 
 
 def test_version_1_token_ids_outside_the_vocabulary_fail_when_read(tmp_path):
