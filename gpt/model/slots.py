@@ -421,14 +421,18 @@ class Slots:
 
 
 class _InRegion:
-    """`fn` called inside `region()` (a context manager factory)."""
+    """Attention `fn` called inside `region()` (a context manager factory) when it draws random
+    numbers (dropout_p > 0). Without dropout it draws none, so the region is skipped: its generator
+    state swap is also what torch.compile cannot trace (it cut every compiled block into four graphs)."""
 
     def __init__(self, fn, region):
         self.fn, self.region = fn, region
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args, dropout_p: float = 0.0, **kwargs):
+        if not dropout_p:
+            return self.fn(*args, dropout_p=dropout_p, **kwargs)
         with self.region():
-            return self.fn(*args, **kwargs)
+            return self.fn(*args, dropout_p=dropout_p, **kwargs)
 
 
 class _DropoutIn(nn.Dropout):
@@ -439,5 +443,7 @@ class _DropoutIn(nn.Dropout):
         self.region = region
 
     def forward(self, x):
+        if not self.training or not self.p:  # the identity: nothing drawn, no region (as _InRegion)
+            return x
         with self.region():
             return super().forward(x)

@@ -107,3 +107,24 @@ def test_recomputation_replays_the_tensor_parallel_stream(world_of_one):
         grads.append({n: p.grad for n, p in model.named_parameters()})
     for name, g in grads[0].items():
         assert torch.equal(g, grads[1][name]), name
+
+
+def test_without_dropout_no_stream_is_switched_and_a_block_compiles_to_one_graph(world_of_one):
+    """With dropout 0 (or in eval) nothing is drawn, so the attention core runs outside the
+    tensor-parallel region: the stream is left where it was, and torch.compile traces a block whole
+    (the region's generator-state swap cannot be traced: it cut each block into four graphs)."""
+    cfg = ModelConfig(n_layer=1, n_head=4, n_embd=64, max_seq_len=32, dropout=0.0)
+    rng = RNGTracker(CPU)
+    model = build_model(cfg, model_shape(cfg, 257), seed=5, slots=Slots(1, world_of_one.tp_group, rng=rng))
+    rng.seed(11, tp_rank=0)
+    before = rng.get_state().clone()
+    x = torch.randn(2, 32, 64)
+    block = model.blocks[0]
+    block(x).sum().backward()
+    assert torch.equal(rng.get_state(), before)
+    explained = torch._dynamo.explain(block)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    dropped = build_model(ModelConfig(n_layer=1, n_head=4, n_embd=64, max_seq_len=32, dropout=0.1),
+                          model_shape(cfg, 257), seed=5, slots=Slots(1, world_of_one.tp_group, rng=rng))
+    dropped.blocks[0](x)
+    assert not torch.equal(rng.get_state(), before)  # with dropout the attention draws from the stream
