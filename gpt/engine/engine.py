@@ -252,14 +252,26 @@ def compiles(cfg: TrainingConfig, device: torch.device) -> bool:
     return device.type == "cuda" and cfg.parallel.zero_stage < 3
 
 
-def compile_blocks(module: torch.nn.Module) -> int:
-    """torch.compile every transformer Block in place (`Module.compile`: parameter names, hooks and
-    checkpoints are unchanged). The blocks share their code, so one compilation serves them all;
-    it happens in the first forward. Returns how many blocks were compiled."""
-    blocks = [m for m in module.modules() if isinstance(m, Block)]
-    for block in blocks:
+def compile_scope(cfg: TrainingConfig, layout) -> str:
+    """What train.compile compiles: "the model" (one graph from the embedding to the final norm, as
+    torch.compile(model) in a plain loop; the fused loss runs eagerly, see loss.py) where one process holds the whole model plainly: tensor,
+    context and pipeline 1, ZeRO below 3, no activation checkpointing, no PEFT; else "the blocks"
+    (megatron's collectives, ZeRO-3's parameter hooks, recomputation and adapters stay between graphs).
+    On nanoGPT's CPU shapes the whole model was 8% faster than its blocks (docs/benchmarks.md)."""
+    whole = (layout.tensor == layout.context == layout.pipeline == 1 and cfg.parallel.zero_stage < 3
+             and not cfg.train.activation_checkpointing and getattr(cfg, "peft", None) is None)
+    return "the model" if whole else "the blocks"
+
+
+def compile_module(module: torch.nn.Module, scope: str) -> None:
+    """torch.compile in place (`Module.compile`: parameter names, hooks and checkpoints are unchanged),
+    the whole module or every transformer Block. The blocks share their code, so one compilation
+    serves them all. Compiling happens in the first forward."""
+    if scope == "the model":
+        module.compile()
+        return
+    for block in (m for m in module.modules() if isinstance(m, Block)):
         block.compile()
-    return len(blocks)
 
 
 # The dtype parameters are built in (weight_precision: fp32 under bf16 autocast): what DeepSpeed
@@ -326,7 +338,7 @@ def build_engine(cfg: TrainingConfig, ctx: ParallelContext, shape: ModelShape, *
         apply_peft(module, peft, cfg.model, slots=Slots(layout.tensor, ctx.tp_group), seed=cfg.train.seed,
                    canonical=canonical)
     if compiles(cfg, ctx.device):
-        compile_blocks(module)
+        compile_module(module, compile_scope(cfg, layout))
     counts = count_parameters(module, ctx)
     optimizer = build_optimizer(module.named_parameters(), cfg.optim, plain_fp32=plain,
                                 norm_fn=partial(global_grad_norm, tp_rank=ctx.tp_rank,

@@ -17,7 +17,7 @@ from gpt.checkpoint import format as ckpt_format
 from gpt.checkpoint.save import Checkpointer, SaveFailed, why_failed
 from gpt.config.training import TrainingConfig
 from gpt.data import Batch
-from gpt.engine.engine import StepResult, TrainEngine, compiles
+from gpt.engine.engine import StepResult, TrainEngine, compile_scope, compiles
 from gpt.engine.optim import lr_at
 from gpt.errors import CheckpointError, DataError, GptError, TrainingError
 from gpt.trainer.metrics import MetricsLog, WandbSink
@@ -254,7 +254,8 @@ def train_step(s: Session, batches, data_s: float) -> None:
         s.window_start = t0 - data_s
     result = s.engine.train_step(batches)
     if s.steps_run == 0 and compiles(cfg, s.ctx.device) and s.ctx.is_logging_rank:  # CPU: the step; GPU: its host side
-        logger.info("first step: %.1f s including torch.compile of the blocks", time.perf_counter() - t0)
+        logger.info("first step: %.1f s including torch.compile of %s", time.perf_counter() - t0,
+                    compile_scope(cfg, s.ctx.layout))
     s.steps_run += 1
     # The data of a failed step is consumed too: a resume must not replay the batch that broke it.
     st.step, st.consumed_samples = step, st.consumed_samples + t.global_batch_size

@@ -20,7 +20,7 @@ from gpt.data import build_loaders, load_tokenizer, read_metadata
 from gpt.data.format import fingerprint
 from gpt.engine import memory
 from gpt.engine.deepspeed_config import bf16_autocast, deepspeed_zero_stage
-from gpt.engine.engine import build_engine, compiles
+from gpt.engine.engine import build_engine, compile_scope, compiles
 from gpt.engine.pipeline import blocks_per_stage
 from gpt.errors import CheckpointError, TrainingError
 from gpt.model.build import model_shape
@@ -253,7 +253,7 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     precision = cfg.train.precision + (" (torch.autocast over fp32 weights)" if bf16_autocast(cfg) else "")
     logger.info("precision %s; ZeRO stage %d%s; %s; %s; %s (%s)", precision, cfg.parallel.zero_stage, note,
                 "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
-                "torch.compile of the blocks" if compiles(cfg, ctx.device) else "no torch.compile", ctx.device,
+                f"torch.compile of {compile_scope(cfg, layout)}" if compiles(cfg, ctx.device) else "no torch.compile", ctx.device,
                 ctx.backend)
     if zero3 is not None:
         if zero3.partitioned == 0 and layout.data > 1:

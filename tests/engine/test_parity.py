@@ -57,20 +57,20 @@ def test_layout_matches_one_process(launch, name):
 # The speed settings train the same model. torch.compile (inductor) fuses the blocks' pointwise ops and
 # may reorder their sums: fp32 round-off again, the same tolerances. Reading the metrics back from the
 # device in windows (logging.every) instead of every step changes no computation: bit-identical.
-SPEED = {
-    "compile": (1, "gpt2", ("train.compile=true",)),
-    "tp2-compile": (2, "gpt2", ("parallel=tp2", "train.compile=true")),
+SPEED = {  # one process compiles the whole model (embedding to final norm), tensor 2 each block
+    "compile": (1, "gpt2", ("train.compile=true",), "the model"),
+    "tp2-compile": (2, "gpt2", ("parallel=tp2", "train.compile=true"), "the blocks"),
 }
 
 
 @pytest.mark.parametrize("name", SPEED)
-def test_compiled_blocks_match_one_eager_process(launch, name):
-    nproc, arch, overrides = SPEED[name]
+def test_compiled_models_and_blocks_match_one_eager_process(launch, name):
+    nproc, arch, overrides, scope = SPEED[name]
     run = launch(nproc, arch, *overrides)
     dev = deviation(launch(1, arch).run_dir, run.run_dir)
     print(f"{name}: {dev}")
     assert dev.loss < LOSS_RTOL and dev.val_loss < LOSS_RTOL and dev.grad_norm < NORM_RTOL, f"{name}: {dev}"
-    assert "including torch.compile of the blocks" in run.proc.stderr
+    assert f"including torch.compile of {scope}" in run.proc.stderr
 
 
 def test_metrics_read_in_windows_are_those_of_every_step(launch):
