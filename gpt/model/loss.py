@@ -142,14 +142,14 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, labels: torch.Te
     need_grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     args = (x2, weight, labels1, weights1, first, vocab_size, group, chunk, _compute_dtype(x), need_grad,
             reduce_input_grad)
-    if chunk < x2.shape[0]:
+    if chunk < x2.shape[0] and torch.compiler.is_compiling():
         return _chunks_eagerly(*args)
     return _LinearCrossEntropy.apply(*args)
 
 
-@torch.compiler.disable
 def _chunks_eagerly(*args) -> torch.Tensor:
     """Several chunks are never traced by torch.compile (a compiled model breaks its graph here):
     inductor keeps every chunk's buffers alive at once, 2.9 GB instead of 0.35 GB for 16K tokens of
-    GPT-2's vocabulary. One chunk (a small vocabulary or few tokens) compiles with the model."""
-    return _LinearCrossEntropy.apply(*args)
+    GPT-2's vocabulary. One chunk (a small vocabulary or few tokens) compiles with the model. Only
+    reached while compiling: `torch.compiler.disable` imports torch._dynamo (seconds of start-up)."""
+    return torch.compiler.disable(_LinearCrossEntropy.apply)(*args)
