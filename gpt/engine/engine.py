@@ -254,8 +254,8 @@ def compiles(cfg: TrainingConfig, device: torch.device) -> bool:
 
 def compile_scope(cfg: TrainingConfig, layout) -> str:
     """What train.compile compiles: "the model" (one graph from the embedding to the final norm, as
-    torch.compile(model) in a plain loop; the fused loss runs eagerly, see loss.py) where one process holds the whole model plainly: tensor,
-    context and pipeline 1, ZeRO below 3, no activation checkpointing, no PEFT; else "the blocks"
+    torch.compile(model) in a plain loop; a chunked fused loss runs eagerly, see loss.py) where one
+    process holds the whole model plainly: tensor, context and pipeline 1, ZeRO below 3, no activation checkpointing, no PEFT; else "the blocks"
     (megatron's collectives, ZeRO-3's parameter hooks, recomputation and adapters stay between graphs).
     On nanoGPT's CPU shapes the whole model was 8% faster than its blocks (docs/benchmarks.md)."""
     whole = (layout.tensor == layout.context == layout.pipeline == 1 and cfg.parallel.zero_stage < 3

@@ -429,9 +429,7 @@ class _InRegion:
         self.fn, self.region = fn, region
 
     def __call__(self, *args, dropout_p: float = 0.0, **kwargs):
-        if not dropout_p:
-            return self.fn(*args, dropout_p=dropout_p, **kwargs)
-        with self.region():
+        with self.region() if dropout_p else contextlib.nullcontext():
             return self.fn(*args, dropout_p=dropout_p, **kwargs)
 
 

@@ -253,8 +253,8 @@ def _report(cfg: TrainingConfig, ctx, shape, fpt: float, peak: float | None, pea
     precision = cfg.train.precision + (" (torch.autocast over fp32 weights)" if bf16_autocast(cfg) else "")
     logger.info("precision %s; ZeRO stage %d%s; %s; %s; %s (%s)", precision, cfg.parallel.zero_stage, note,
                 "activation checkpointing" if cfg.train.activation_checkpointing else "no activation checkpointing",
-                f"torch.compile of {compile_scope(cfg, layout)}" if compiles(cfg, ctx.device) else "no torch.compile", ctx.device,
-                ctx.backend)
+                f"torch.compile of {compile_scope(cfg, layout)}" if compiles(cfg, ctx.device) else "no torch.compile",
+                ctx.device, ctx.backend)
     if zero3 is not None:
         if zero3.partitioned == 0 and layout.data > 1:
             logger.warning("%s: nothing is partitioned; for a model this small set "

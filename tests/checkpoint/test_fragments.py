@@ -11,9 +11,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gpt.checkpoint import format as fmt
-from gpt.checksums import file_checksum
 from gpt.checkpoint.reader import TensorReader, full_state_dict
 from gpt.checkpoint.save import fragment_record, merge_index, write_rank_file
+from gpt.checksums import file_checksum
 from gpt.errors import CheckpointError
 
 FULL = {"w0": torch.arange(8 * 6, dtype=torch.float32).view(8, 6),  # split along dim 0

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from gpt.config.training import DataConfig
 from gpt.checksums import file_checksum
+from gpt.config.training import DataConfig
 from gpt.data import build_loaders, read_metadata
 from gpt.data.format import SCHEMA_METADATA, fingerprint, schema_metadata
 from gpt.data.shards import ShardSet
